@@ -1,0 +1,50 @@
+"""The rich progress bar. It shares rich's default console with the log handler, so log lines print
+above the bar instead of repeating it; it is off when output is not a terminal (log files, CI)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Dict
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    def __init__(self, total_steps: int, enabled="auto", show_ssl: bool = False):
+        if enabled == "auto":
+            enabled = sys.stderr.isatty()
+        self.enabled = bool(enabled)
+        self.show_ssl = show_ssl
+        self._progress = None
+        if self.enabled:
+            from rich import get_console
+
+            console: Console = get_console()
+            self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                                      console=console, transient=False)
+            self._task = self._progress.add_task("train", total=total_steps, stats="")
+
+    def __enter__(self):
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, step: int, stats: Dict[str, float]) -> None:
+        if self._progress is None:
+            return
+        parts = []
+        if "loss" in stats:
+            parts.append(f"loss {stats['loss']:.3f}")
+        if "lr" in stats:
+            parts.append(f"lr {stats['lr']:.4f}")
+        if self.show_ssl and "mask_rate" in stats:
+            parts.append(f"mask {stats['mask_rate']:.2f}")
+        if self.show_ssl and stats.get("pseudo_label_acc") == stats.get("pseudo_label_acc") and "pseudo_label_acc" in stats:
+            parts.append(f"pl_acc {stats['pseudo_label_acc']:.2f}")
+        self._progress.update(self._task, completed=step, stats="  ".join(parts))

@@ -1,0 +1,502 @@
+"""One training run: data -> split -> backbone -> method -> optimise -> evaluate -> outputs.
+
+`run(cfg, run_dir)` is the whole program behind `ssl-train`; the command line only composes the
+config and turns UserErrors into one-line messages. The loop below knows nothing about which method
+it trains: a method asks for image views and returns a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_cli.augment import AugmentConfig, Augmenter, Normalizer
+from ssl_cli.backbones import build_backbone
+from ssl_cli.checkpoint import load_checkpoint, save_checkpoint
+from ssl_cli.config import check_config, split_options
+from ssl_cli.data import ImageData, load_dataset
+from ssl_cli.errors import UserError
+from ssl_cli.evaluate import classification_metrics, predict
+from ssl_cli.methods import Batch, Method, build_method
+from ssl_cli.optim import EMA, build_optimizer, build_scheduler
+from ssl_cli.progress import TrainingProgress
+from ssl_cli.split import SPLIT_FILE, Split, load_split, make_split, save_split
+
+log = logging.getLogger("ssl_cli")
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from several integers, so each (seed, stream, step) gets its own random stream."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class StepSampler:
+    """Batches as consecutive slices of per-epoch random permutations of `n` items.
+
+    The batch at a step is a pure function of (seed, stream, step): resuming at step k needs no
+    sampler state, and a resumed run draws exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int, device: torch.device):
+        self.n, self.batch_size, self.seed, self.stream, self.device = n, batch_size, seed, stream, device
+        self._perms: Dict[int, torch.Tensor] = {}
+        self._gen = torch.Generator(device=device)
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._gen.manual_seed(_mix(self.seed, self.stream, epoch))
+            self._perms[epoch] = torch.randperm(self.n, generator=self._gen, device=self.device)
+        return self._perms[epoch]
+
+    def __call__(self, step: int) -> torch.Tensor:
+        pos, remaining, parts = step * self.batch_size, self.batch_size, []
+        while remaining > 0:
+            epoch, offset = divmod(pos, self.n)
+            take = min(self.n - offset, remaining)
+            parts.append(self._perm(epoch)[offset:offset + take])
+            pos, remaining = pos + take, remaining - take
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop samples from, already on the training device."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]: training images, then any extra unlabeled images
+    labels: torch.Tensor  # int64 [N]; -1 for images whose label is unknown
+    labeled: torch.Tensor  # indices into images
+    unlabeled: torch.Tensor
+    validation: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+class BatchBuilder:
+    """Samples indices, gathers uint8 images on the device, augments them in batches and normalises."""
+
+    def __init__(self, data: TrainingData, method: Method, augmenter: Augmenter, normalizer: Normalizer,
+                 batch_size: int, seed: int, channels_last: bool):
+        device = data.images.device
+        self.data, self.method, self.augmenter, self.normalizer = data, method, augmenter, normalizer
+        self.channels_last = channels_last
+        self.labeled_sampler = StepSampler(len(data.labeled), batch_size, seed, 1, device)
+        self.unlabeled_sampler = None
+        if method.unlabeled_views:
+            if len(data.unlabeled) == 0:
+                raise UserError(f"method={method.name} needs unlabeled images, but the unlabeled pool is empty")
+            self.unlabeled_sampler = StepSampler(len(data.unlabeled), batch_size * method.unlabeled_ratio,
+                                                 seed, 2, device)
+        self.seed = seed
+        self.gen = torch.Generator(device=device)
+
+    def prepare(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = self.normalizer(images_uint8)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, step: int) -> Batch:
+        self.gen.manual_seed(_mix(self.seed, 3, step))  # augmentation randomness for this step only
+        d = self.data
+        idx = d.labeled[self.labeled_sampler(step)]
+        labeled = self.prepare(self.augmenter(self.method.labeled_view, d.images[idx], self.gen))
+        batch = Batch(labeled=labeled, labels=d.labels[idx])
+        if self.unlabeled_sampler is not None:
+            uidx = d.unlabeled[self.unlabeled_sampler(step)]
+            raw = d.images[uidx]
+            batch.unlabeled = tuple(self.prepare(self.augmenter(v, raw, self.gen)) for v in self.method.unlabeled_views)
+            batch.unlabeled_targets = d.labels[uidx]
+        return batch
+
+
+# --------------------------------------------------------------------------- metrics bookkeeping
+
+
+class RunningMetrics:
+    """Sums step metrics on the device; `compute` syncs with the host once."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.counts: Dict[str, object] = {}
+
+    def add(self, metrics: Dict[str, object]) -> None:
+        for k, v in metrics.items():
+            num, den = v if isinstance(v, tuple) else (v, 1)
+            self.sums[k] = self.sums.get(k, 0) + num.detach().float()
+            self.counts[k] = self.counts.get(k, 0) + den
+
+    def compute(self) -> Dict[str, float]:
+        out = {}
+        for k, s in self.sums.items():
+            c = self.counts[k]
+            c = c.item() if torch.is_tensor(c) else c
+            out[k] = s.item() / c if c else float("nan")
+        return out
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def state_dict(self) -> dict:
+        """Plain numbers, so a run stopped between evaluations logs the same averages after resuming."""
+        as_float = lambda v: float(v.item() if torch.is_tensor(v) else v)  # noqa: E731
+        return {k: [as_float(s), as_float(self.counts[k])] for k, s in self.sums.items()}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.reset()
+        for k, (s, c) in state.items():
+            self.sums[k] = torch.tensor(s, device=device)
+            self.counts[k] = c
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but CUDA is not available on this machine; use trainer.device=cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"trainer.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def choose_split(cfg: DictConfig, data: ImageData, run_dir: Path) -> Split:
+    labels = data.train_labels.numpy()
+    opts = cfg.dataset
+    if opts.get("labeled_indices"):
+        split = load_split(opts.labeled_indices, data.name, len(labels), data.num_classes, labels)
+    else:
+        split = make_split(labels, data.num_classes, cfg.seed, num_labels=opts.get("num_labels"),
+                           label_fraction=opts.get("label_fraction"), num_validation=opts.get("num_validation", 0),
+                           unlabeled_includes_labeled=opts.get("unlabeled_includes_labeled", True))
+    save_split(split, run_dir / SPLIT_FILE, data.name, len(labels))
+    return split
+
+
+def to_device(data: ImageData, split: Split, device: torch.device) -> TrainingData:
+    images, labels = data.train_images, data.train_labels
+    unlabeled = torch.as_tensor(split.unlabeled)
+    if data.extra_unlabeled is not None:  # e.g. STL-10's unlabeled split joins the unlabeled pool
+        n = len(labels)
+        images = torch.cat([images, data.extra_unlabeled])
+        labels = torch.cat([labels, torch.full((len(data.extra_unlabeled),), -1, dtype=torch.long)])
+        unlabeled = torch.cat([unlabeled, torch.arange(n, n + len(data.extra_unlabeled))])
+    return TrainingData(
+        images=images.to(device), labels=labels.to(device),
+        labeled=torch.as_tensor(split.labeled).to(device), unlabeled=unlabeled.to(device),
+        validation=torch.as_tensor(split.validation).to(device),
+        test_images=data.test_images.to(device), test_labels=data.test_labels.to(device),
+    )
+
+
+def build_augmenter(cfg: DictConfig) -> Augmenter:
+    options = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    allowed = list(AugmentConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"augmentation has no option {', '.join(unknown)}; its options: {', '.join(allowed)}")
+    config = AugmentConfig(**options)
+    config.flip = config.flip and cfg.dataset.get("allow_flip", True)  # e.g. digits: mirrored digits are wrong
+    try:
+        return Augmenter(config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Optional[dict]]:
+    """With `resume=<run dir>`, the run continues under the config saved in its last checkpoint."""
+    if not cfg.get("resume"):
+        return cfg, None
+    path = Path(str(cfg.resume)).expanduser()
+    ckpt_path = path / LAST if path.is_dir() else path
+    state = load_checkpoint(ckpt_path)
+    saved = OmegaConf.create(state["config"])
+    saved.resume = str(cfg.resume)
+    # What may differ in the continued run: where it runs, and whether it stops early again.
+    saved.trainer.device = cfg.trainer.device
+    saved.trainer.stop_at_step = cfg.trainer.get("stop_at_step")
+    return saved, state
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None):
+        self.cfg, self.run_dir, self.choices = cfg, run_dir, dict(choices or {})
+        t = cfg.trainer
+        self.device = pick_device(t.device)
+        seed_everything(cfg.seed, t.deterministic)
+        if t.get("num_threads"):
+            torch.set_num_threads(int(t.num_threads))
+        self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        if self.use_bf16 and self.device.type != "cuda":
+            raise UserError("trainer.precision=bf16 is for CUDA; use trainer.precision=auto or fp32 on the CPU")
+        channels_last = t.channels_last if t.channels_last != "auto" else self.device.type == "cuda"
+
+        self.data_cpu = load_dataset(cfg.dataset.name, **split_options(cfg.dataset)[1])
+        self.split = choose_split(cfg, self.data_cpu, run_dir)
+        self.data = to_device(self.data_cpu, self.split, self.device)
+        mean, std = self.data_cpu.channel_stats()
+        augmenter = build_augmenter(cfg)
+
+        backbone_opts = {k: v for k, v in cfg.backbone.items() if k != "name"}
+        self.model = build_backbone(cfg.backbone.name, self.data_cpu.channels, self.data_cpu.num_classes,
+                                    self.data_cpu.image_size, **backbone_opts).to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        method_opts = {k: v for k, v in cfg.method.items() if k != "name"}
+        self.method = build_method(cfg.method.name, self.data_cpu.num_classes, t.max_steps, **method_opts)
+        optim_opts = {k: v for k, v in cfg.optim.items() if k != "name"}
+        self.optimizer = build_optimizer(self.model, cfg.optim.name, **optim_opts)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler.name, t.max_steps,
+                                         cfg.scheduler.get("warmup_steps", 0))
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.normalizer = Normalizer(mean, std).to(self.device)
+        self.batches = BatchBuilder(self.data, self.method, augmenter, self.normalizer,
+                                    t.batch_size, cfg.seed, channels_last)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best: dict = {}
+        self.running = RunningMetrics()  # training metrics since the last evaluation
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def eval_model(self):
+        return self.ema.model if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "best": self.best,
+            "running_metrics": self.running.state_dict(),
+            "elapsed_seconds": self.elapsed,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "choices": self.choices,
+            "model_info": {"backbone": self.cfg.backbone.name, "in_channels": self.data_cpu.channels,
+                           "num_classes": self.data_cpu.num_classes, "image_size": list(self.data_cpu.image_size)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.best = dict(state.get("best") or {})
+        self.running.load_state_dict(state.get("running_metrics") or {}, self.device)
+        self.elapsed = float(state.get("elapsed_seconds", 0.0))
+        self.choices = state.get("choices") or self.choices
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Rows logged after the checkpoint we resume from will be logged again; drop them."""
+        if not self.metrics_path.exists():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        keep = [r for r in rows if json.loads(r)["step"] <= step]
+        if len(keep) != len(rows):
+            tmp = self.metrics_path.with_suffix(".tmp")
+            tmp.write_text("".join(r + "\n" for r in keep))
+            os.replace(tmp, self.metrics_path)
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.state_dict(), self.run_dir / name)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def autocast(self):
+        if self.use_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, step: int) -> Dict[str, object]:
+        batch = self.batches(step)
+        with self.autocast():
+            out = self.method.training_step(self.model, batch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return {"loss": out.loss.detach(), **out.metrics}
+
+    def evaluate(self) -> Dict[str, dict]:
+        d, bs = self.data, self.cfg.trainer.eval_batch_size
+        results = {}
+        sets = {"test": (d.test_images, d.test_labels)}
+        if len(d.validation):
+            sets["val"] = (d.images[d.validation], d.labels[d.validation])
+        for name, (images, labels) in sets.items():
+            preds = predict(self.eval_model, images, self.batches.prepare, bs, self.autocast)
+            results[name] = classification_metrics(preds, labels, self.data_cpu.num_classes)
+        return results
+
+    def fit(self) -> dict:
+        t = self.cfg.trainer
+        max_steps = t.max_steps
+        stop_at = t.get("stop_at_step") or max_steps
+        running = self.running
+        self.model.train()
+        status, results = "completed", None
+        progress = TrainingProgress(max_steps, enabled=t.progress_bar, show_ssl=bool(self.method.unlabeled_views))
+        started = time.perf_counter() - self.elapsed
+        with progress:
+            progress.update(self.step, {})
+            while self.step < max_steps:
+                metrics = self.train_step(self.step)
+                running.add(metrics)
+                self.step += 1
+                if self.step % t.log_every == 0 or self.step == max_steps:
+                    progress.update(self.step, {**running.compute(), "lr": self.scheduler.get_last_lr()[0]})
+                if self.step % t.eval_every == 0 or self.step == max_steps:
+                    self.elapsed = time.perf_counter() - started
+                    results = self.evaluate()
+                    self._log_evaluation(running.compute(), results)
+                    running.reset()
+                if self.step % t.checkpoint_every == 0 or self.step == max_steps:
+                    self.elapsed = time.perf_counter() - started
+                    self.save(LAST)
+                if self.step >= stop_at and self.step < max_steps:
+                    self.elapsed = time.perf_counter() - started
+                    self.save(LAST)
+                    status = "interrupted"
+                    log.info("stopped at step %d of %d (trainer.stop_at_step); continue with resume=%s",
+                             self.step, max_steps, self.run_dir)
+                    break
+        self.elapsed = time.perf_counter() - started
+        if results is None:
+            results = self.evaluate()
+        return self._finish(status, results)
+
+    def _log_evaluation(self, train: Dict[str, float], results: Dict[str, dict]) -> None:
+        row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(self.elapsed, 2)}
+        row.update({f"train/{k}": v for k, v in train.items()})
+        for split, m in results.items():
+            row[f"{split}/accuracy"] = m["accuracy"]
+            row[f"{split}/macro_f1"] = m["macro_f1"]
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        # Model selection uses the validation split only; without one, the latest evaluation is kept.
+        selected_by = "val/accuracy" if "val" in results else "latest"
+        score = results["val"]["accuracy"] if "val" in results else float(self.step)
+        if not self.best or score > self.best["score"] or selected_by == "latest":
+            self.best = {"score": score, "selected_by": selected_by, "step": self.step,
+                         "test/accuracy": results["test"]["accuracy"],
+                         "val/accuracy": results["val"]["accuracy"] if "val" in results else None}
+            self.save(BEST)
+        parts = [f"step {self.step}/{self.cfg.trainer.max_steps}", f"loss {train.get('loss', float('nan')):.4f}"]
+        if "mask_rate" in train:
+            parts.append(f"mask {train['mask_rate']:.3f}")
+        if "pseudo_label_acc" in train:
+            parts.append(f"pl_acc {train['pseudo_label_acc']:.3f}")
+        if "val" in results:
+            parts.append(f"val_acc {results['val']['accuracy']:.4f}")
+        parts.append(f"test_acc {results['test']['accuracy']:.4f}")
+        parts.append(f"{self.elapsed:.1f}s")
+        log.info(" | ".join(parts))
+
+    def _finish(self, status: str, results: Dict[str, dict]) -> dict:
+        test = results["test"]
+        (self.run_dir / "confusion_matrix.json").write_text(json.dumps(
+            {"class_names": self.data_cpu.class_names, "matrix": test["confusion_matrix"]}))
+        summary = {
+            "status": status,
+            "method": self.cfg.method.name,
+            "dataset": self.cfg.dataset.name,
+            "backbone": self.cfg.backbone.name,
+            "num_labels": int(len(self.split.labeled)),
+            "num_unlabeled": int(len(self.data.unlabeled)),
+            "num_validation": int(len(self.split.validation)),
+            "seed": int(self.cfg.seed),
+            "step": self.step,
+            "max_steps": int(self.cfg.trainer.max_steps),
+            "wall_time_s": round(self.elapsed, 2),
+            "device": str(self.device),
+            "final": {
+                "test/accuracy": test["accuracy"],
+                "test/macro_f1": test["macro_f1"],
+                "val/accuracy": results["val"]["accuracy"] if "val" in results else None,
+                "per_class": {name: {"precision": p, "recall": r, "f1": f} for name, p, r, f in
+                              zip(self.data_cpu.class_names, test["precision"], test["recall"], test["f1"])},
+            },
+            "best": {k: v for k, v in self.best.items() if k != "score"},
+            "reported_accuracy": "final test accuracy (EMA weights) after the last step; "
+                                 "best.pt is chosen on the validation split, never on the test set",
+            "choices": self.choices,
+            "run_dir": str(self.run_dir),
+        }
+        write_summary(self.run_dir, summary)
+        return summary
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+
+
+def run(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None) -> dict:
+    """Trains one model as `cfg` says, writing everything into `run_dir`; returns the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, resume_state = resolve_resume(cfg)
+    check_config(cfg)
+    if resume_state is None and (run_dir / LAST).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with resume={run_dir} or pick another run directory")
+    trainer = Trainer(cfg, run_dir, choices)
+    if resume_state is not None:
+        check_model_info(resume_state.get("model_info", {}), trainer.state_dict()["model_info"], cfg.resume)
+        trainer.load_state_dict(resume_state)
+        log.info("resuming from step %d of %d", trainer.step, cfg.trainer.max_steps)
+    return trainer.fit()
+
+
+def check_model_info(saved: dict, current: dict, source) -> None:
+    diffs = [f"{k} {saved.get(k)} vs {v}" for k, v in current.items() if saved.get(k) != v]
+    if diffs:
+        raise UserError(f"checkpoint {source} does not fit this model: " + ", ".join(diffs))

@@ -1,0 +1,146 @@
+"""ssl-train end to end, as a user runs it: smoke runs, outputs, resume, and one-line errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ssl_train, write_image_folder
+
+SMOKE = ["debug=smoke"]
+
+
+def run_ok(args, cwd, **kw):
+    result = ssl_train(args, cwd, **kw)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = [p.parent for p in root.rglob("summary.json")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch"])
+def test_smoke_run_writes_every_output(method, tmp_path):
+    run_ok(SMOKE + [f"method={method}", "hydra.run.dir=run"], tmp_path)
+    run_dir = tmp_path / "run"
+    for name in ("summary.json", "metrics.jsonl", "last.pt", "best.pt", "labeled_indices.json",
+                 "confusion_matrix.json", "train.log", ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 6 and summary["method"] == method
+    assert summary["best"]["selected_by"] == "val/accuracy"
+    assert summary["choices"]["method"] == method
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    if method != "supervised":
+        assert "train/mask_rate" in rows[0] and "train/pseudo_label_acc" in rows[0]
+    log = (run_dir / "train.log").read_text()
+    assert "step 3/6" in log and "test_acc" in log
+
+
+@pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch"])
+def test_smoke_on_digits(method, tmp_path):
+    run_ok([f"method={method}", "trainer.max_steps=20", "trainer.eval_every=10", "trainer.device=cpu",
+            "hydra.run.dir=run"], tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["num_labels"] == 40
+    assert 0.0 <= summary["final"]["test/accuracy"] <= 1.0
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    common = SMOKE + ["method=fixmatch", "trainer.deterministic=true", "trainer.max_steps=8",
+                      "trainer.eval_every=2", "trainer.checkpoint_every=2"]
+    run_ok(common + ["hydra.run.dir=full"], tmp_path)
+    stopped = run_ok(common + ["trainer.stop_at_step=5", "hydra.run.dir=part"], tmp_path)
+    part = tmp_path / "part"
+    assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
+    run_ok([f"resume={part}"], tmp_path)
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    resumed = json.loads((part / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["step"] == 8
+    assert resumed["final"] == full["final"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    read = lambda d: strip([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
+    assert read(part) == read(tmp_path / "full")
+    assert (part / ".hydra" / "config.yaml").exists() and (part / ".hydra-resume" / "config.yaml").exists()
+
+
+def test_labeled_indices_can_be_reused(tmp_path):
+    run_ok(SMOKE + ["seed=1", "hydra.run.dir=a"], tmp_path)
+    run_ok(SMOKE + ["seed=2", f"dataset.labeled_indices={tmp_path / 'a'}", "hydra.run.dir=b"], tmp_path)
+    a = json.loads((tmp_path / "a" / "labeled_indices.json").read_text())
+    b = json.loads((tmp_path / "b" / "labeled_indices.json").read_text())
+    assert a["labeled"] == b["labeled"] and a["validation"] == b["validation"]
+
+
+def test_image_folder_run(tmp_path):
+    root = write_image_folder(tmp_path / "folder", per_class=8, size=12)
+    run_ok(["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=6", "trainer.max_steps=4",
+            "trainer.batch_size=4", "trainer.eval_every=2", "trainer.device=cpu", "hydra.run.dir=run"], tmp_path)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["num_labels"] == 6
+
+
+BAD = [
+    (["dataset.num_labels=3"], "below the number of classes"),
+    (["dataset.num_labels=100000"], "exceeds"),
+    (["dataset.num_labels=null", "dataset.label_fraction=1.5"], "label_fraction must be in (0, 1]"),
+    (["dataset.num_labels=null", "dataset.label_fraction=0"], "label_fraction must be in (0, 1]"),
+    (["dataset.label_fraction=0.5"], "exactly one"),
+    (["method=fixmatch", "method.confidence_threshold=1.5"], "confidence_threshold must be in [0, 1]"),
+    (["method=pseudolabel", "method.confidence_threshold=-0.1"], "confidence_threshold must be in [0, 1]"),
+    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
+    (["trainer.max_steps=-5"], "trainer.max_steps must be a positive integer"),
+    (["method.unlabeled_ratio=0"], "unlabeled_ratio must be a positive integer"),
+    (["trainer.device=cuda"], "CUDA is not available"),
+    (["method=nonexistent"], "nonexistent"),
+    (["dataset=cifar10", "dataset.root=/no/such/folder"], "/no/such/folder does not exist"),
+    (["trainer.max_steps=abc"], "trainer.max_steps"),
+    (["not_a_key=1"], "not_a_key"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
+    result = ssl_train(SMOKE + args + ["hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    err_lines = [line for line in result.stderr.splitlines() if line.strip() and "error" in line.lower()]
+    assert len(err_lines) == 1, result.stderr
+    assert message in err_lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_image_folders(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    r = ssl_train(SMOKE + ["dataset=imagefolder", f"dataset.root={empty}", "hydra.run.dir=r1"], tmp_path)
+    assert r.returncode == 2 and "holds no images" in r.stderr and "Traceback" not in r.stderr
+    root = write_image_folder(tmp_path / "broken", per_class=4, size=8)
+    (root / "train" / "cat" / "bad.jpg").write_bytes(b"definitely not a jpeg")
+    r = ssl_train(SMOKE + ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=3",
+                           "hydra.run.dir=r2"], tmp_path)
+    assert r.returncode == 2 and "unreadable image" in r.stderr and "bad.jpg" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_input_leaves_earlier_runs_untouched(tmp_path):
+    run_ok(SMOKE + ["hydra.run.dir=run"], tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    # The same directory again, without resume=: refused, nothing overwritten.
+    r = ssl_train(SMOKE + ["hydra.run.dir=run"], tmp_path)
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    r = ssl_train(SMOKE + ["dataset.num_labels=1", "hydra.run.dir=run2"], tmp_path)
+    assert r.returncode == 2
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_installed_command_runs_from_another_directory(tmp_path):
+    """Configs ship inside the package: the command works where there is no configs/ folder."""
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    run_ok(SMOKE + ["hydra.run.dir=run"], elsewhere)
+    assert (elsewhere / "run" / "summary.json").exists()
