@@ -1,128 +1,231 @@
-"""Backbone networks, registered by name: `cnn`, `wrn28_2`, `wrn28_8`, `resnet18`.
+"""Backbone networks, looked up by name: `cnn`, `wrn28_2`, `wrn28_8`, `resnet18`.
 
-Every backbone maps images to an embedding (`features`) and has a linear `classifier` on top, so
-self-supervised methods can use the embedding and classifiers can use the logits. Input channels,
-class count and image size come from the data set.
+A backbone turns a batch of images [B, C, H, W] into an embedding [B, feature_dim] (`features`) and
+has a linear `classifier` on that embedding, so `forward` gives logits [B, num_classes]. Methods that
+need the embedding (e.g. for consistency or contrastive losses) call `features`; the rest call the
+model. The number of input channels, the number of classes and the image size come from the data set
+and are kept on the model so a checkpoint can be checked against the data it is resumed with.
+
+Each builder is registered as `builder(in_channels, num_classes, image_size, **options)`; its keyword
+arguments are the options a config may set (`backbone.dropout=0.3`), and `build_backbone` rejects any
+other name with a one-line `UserError`.
+
+Nothing here depends on the device or memory format: the models run on the CPU or CUDA, contiguous or
+channels_last.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Sequence, Tuple
+import math
+import operator
+from typing import Callable, List, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ssl_cli.errors import UserError
 from ssl_cli.registry import Registry
 
-BACKBONES: Registry = Registry("backbone")
+BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+
+# The arguments every builder takes from the data set; everything after them is an option.
+_DATA_ARGUMENTS = ("in_channels", "num_classes", "image_size")
 
 
 class Backbone(nn.Module):
+    """Base class of all backbones: an embedding (`features`) followed by a linear classifier."""
+
     feature_dim: int
+    classifier: nn.Linear
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: Tuple[int, int]):
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int]):
         super().__init__()
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.image_size = tuple(image_size)
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.image_size: Tuple[int, int] = (int(image_size[0]), int(image_size[1]))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """[B, C, H, W] images -> [B, feature_dim] embedding."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
+def _option_names(builder: Callable) -> List[str]:
+    params = list(inspect.signature(builder).parameters.values())
+    return [p.name for p in params
+            if p.name not in _DATA_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def backbone_options(name: str) -> List[str]:
+    """The option names backbone `name` accepts (UserError for an unknown name)."""
+    return _option_names(BACKBONES.get(name))
+
+
 def build_backbone(name: str, in_channels: int, num_classes: int, image_size: Sequence[int], **options) -> Backbone:
+    """Builds the backbone registered as `name` for images of `in_channels` x image_size (H, W)."""
     builder = BACKBONES.get(name)
-    allowed = [p for p in inspect.signature(builder).parameters if p not in ("in_channels", "num_classes", "image_size")]
-    unknown = sorted(set(options) - set(allowed))
+    allowed = _option_names(builder)
+    unknown = sorted(k for k in options if k not in allowed)
     if unknown:
-        raise UserError(f"backbone={name} has no option {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}")
-    return builder(in_channels, num_classes, tuple(image_size), **options)
+        plural = "s" if len(unknown) > 1 else ""
+        raise UserError(f"backbone={name} has no option{plural} {', '.join(unknown)}; "
+                        f"allowed options: {', '.join(allowed) if allowed else 'none'}")
+    in_channels = _positive_int(in_channels, f"backbone={name} needs a positive number of input channels")
+    num_classes = _positive_int(num_classes, f"backbone={name} needs a positive number of classes")
+    try:
+        size = tuple(image_size)
+    except TypeError:
+        size = ()
+    if len(size) != 2:
+        raise UserError(f"backbone={name} needs image_size as (height, width), got {image_size!r}")
+    size = tuple(_positive_int(s, f"backbone={name} needs a positive image height and width") for s in size)
+    return builder(in_channels, num_classes, size, **options)
+
+
+def _positive_int(value, message: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)  # ints and integer numpy scalars; not floats
+    except TypeError:
+        number = 0
+    if number < 1:
+        raise UserError(f"{message}, got {value!r}")
+    return number
+
+
+def _check_dropout(name: str, dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise UserError(f"backbone={name}: dropout must be a number in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def _check_bn_momentum(name: str, bn_momentum) -> float:
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0.0 < bn_momentum <= 1.0:
+        raise UserError(f"backbone={name}: bn_momentum must be a number in (0, 1] (PyTorch convention: "
+                        f"weight of the new batch in the running statistics), got {bn_momentum!r}")
+    return float(bn_momentum)
+
+
+def _global_average(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C]; works for any spatial size and memory format."""
+    return x.mean(dim=(2, 3))
 
 
 # --------------------------------------------------------------------------- small CNN
 
 
 class SmallCNN(Backbone):
-    """Three 3x3 conv blocks (32, 64, 128 filters) with 2x2 max-pooling, then a 128-unit dense layer.
+    """Three blocks of 3x3 conv (32, 64, 128 filters) [+ BatchNorm] + ReLU + 2x2 max-pool, then a 128-unit dense layer.
 
-    Pooling uses ceil_mode so even 8x8 inputs never shrink to nothing; the dense layer's input size is
-    worked out from the image size at construction.
+    The pools use ceil_mode, so each halves a side rounding up and no side ever reaches 0 (8x8 ends at
+    1x1). The dense layer's input size follows from the image size given at construction; the network
+    therefore takes images of that size only.
     """
 
-    def __init__(self, in_channels, num_classes, image_size, batch_norm=True, dropout=0.0):
+    widths = (32, 64, 128)
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int],
+                 batch_norm: bool = True, dropout: float = 0.0):
         super().__init__(in_channels, num_classes, image_size)
-        layers, channels = [], in_channels
-        for width in (32, 64, 128):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=not batch_norm)]
+        layers: List[nn.Module] = []
+        c_in = self.in_channels
+        for width in self.widths:
+            layers.append(nn.Conv2d(c_in, width, kernel_size=3, padding=1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
-            channels = width
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)]
+            c_in = width
         self.conv = nn.Sequential(*layers)
-        with torch.no_grad():
-            flat = self.conv(torch.zeros(1, in_channels, *self.image_size)).numel()
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        h, w = self.image_size
+        for _ in self.widths:  # a 2x2 stride-2 ceil-mode pool maps n to ceil(n / 2)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        self.flat_dim = c_in * h * w
         self.feature_dim = 128
-        self.classifier = nn.Linear(128, num_classes)
+        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(self.flat_dim, self.feature_dim), nn.ReLU(inplace=True),
+                                   nn.Dropout(dropout))
+        self.classifier = nn.Linear(self.feature_dim, self.num_classes)
 
-    def features(self, x):
+    def features(self, x: Tensor) -> Tensor:
         return self.dense(self.conv(x))
 
 
 @BACKBONES.register("cnn")
-def cnn(in_channels, num_classes, image_size, batch_norm=True, dropout=0.0):
-    return SmallCNN(in_channels, num_classes, image_size, batch_norm=batch_norm, dropout=dropout)
+def cnn(in_channels, num_classes, image_size, batch_norm: bool = True, dropout: float = 0.0) -> Backbone:
+    if not isinstance(batch_norm, bool):
+        raise UserError(f"backbone=cnn: batch_norm must be true or false, got {batch_norm!r}")
+    return SmallCNN(in_channels, num_classes, image_size, batch_norm=batch_norm,
+                    dropout=_check_dropout("cnn", dropout))
 
 
-# --------------------------------------------------------------------------- WideResNet
+# --------------------------------------------------------------------------- WideResNet (FixMatch)
 
 
-class _WideBlock(nn.Module):
-    """Pre-activation basic block as in FixMatch's WRN: BN-LeakyReLU-conv, twice, plus a shortcut."""
+class _PreActBlock(nn.Module):
+    """Pre-activation basic block of FixMatch's WideResNet.
 
-    def __init__(self, c_in, c_out, stride, bn_momentum, dropout, activate_before_residual=False):
+    BN-LeakyReLU-conv3x3(stride), BN-LeakyReLU-[dropout]-conv3x3, plus a shortcut: the identity, or a
+    1x1 conv (stride) when the shape changes. The shortcut takes the raw input, except in the
+    network's first block (`activate_before_residual`), where it takes the activated input.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, bn_momentum: float, dropout: float,
+                 activate_before_residual: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in, momentum=bn_momentum)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out, momentum=bn_momentum)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.act = nn.LeakyReLU(0.1, inplace=True)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.shortcut = None if c_in == c_out and stride == 1 else nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, stride=1, padding=1, bias=False)
+        self.act1 = nn.LeakyReLU(0.1, inplace=True)
+        self.act2 = nn.LeakyReLU(0.1, inplace=True)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.project = (nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False)
+                        if stride != 1 or c_in != c_out else None)
         self.activate_before_residual = activate_before_residual
 
-    def forward(self, x):
-        pre = self.act(self.bn1(x))
-        # The first block of the network also feeds the activated input to its shortcut.
-        residual = pre if (self.shortcut is not None and self.activate_before_residual) else x
-        out = self.conv2(self.dropout(self.act(self.bn2(self.conv1(pre)))))
-        return out + (self.shortcut(residual) if self.shortcut is not None else residual)
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.act1(self.bn1(x))
+        out = self.conv2(self.drop(self.act2(self.bn2(self.conv1(pre)))))
+        shortcut = pre if self.activate_before_residual else x
+        if self.project is not None:
+            shortcut = self.project(shortcut)
+        return out + shortcut
 
 
 class WideResNet(Backbone):
-    def __init__(self, in_channels, num_classes, image_size, depth=28, widen=2, bn_momentum=0.001, dropout=0.0):
+    """WideResNet-depth-widen as in FixMatch: 16-channel stem, three stages of (depth - 4) / 6 blocks of
+    16k, 32k, 64k channels (strides 1, 2, 2), final BN-LeakyReLU, global average pooling."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int], depth: int, widen: int,
+                 bn_momentum: float = 0.001, dropout: float = 0.0):
         super().__init__(in_channels, num_classes, image_size)
-        if (depth - 4) % 6:
-            raise UserError(f"WideResNet depth must be 6n + 4, got {depth}")
-        n = (depth - 4) // 6
-        widths = [16, 16 * widen, 32 * widen, 64 * widen]
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        blocks = []
-        for stage, stride in zip(range(3), (1, 2, 2)):
-            for i in range(n):
-                blocks.append(_WideBlock(widths[stage] if i == 0 else widths[stage + 1], widths[stage + 1],
-                                         stride if i == 0 else 1, bn_momentum, dropout,
-                                         activate_before_residual=(stage == 0 and i == 0)))
+        if depth < 10 or (depth - 4) % 6 != 0:
+            raise UserError(f"WideResNet depth must be 6n + 4 with n >= 1, got {depth}")
+        if widen < 1:
+            raise UserError(f"WideResNet widen factor must be >= 1, got {widen}")
+        self.depth, self.widen = depth, widen
+        blocks_per_stage = (depth - 4) // 6
+        stem_width = 16
+        stage_widths = (16 * widen, 32 * widen, 64 * widen)
+        self.stem = nn.Conv2d(self.in_channels, stem_width, kernel_size=3, padding=1, bias=False)
+        blocks: List[nn.Module] = []
+        c_in = stem_width
+        for stage, (width, stride) in enumerate(zip(stage_widths, (1, 2, 2))):
+            for i in range(blocks_per_stage):
+                blocks.append(_PreActBlock(c_in, width, stride if i == 0 else 1, bn_momentum, dropout,
+                                           activate_before_residual=(stage == 0 and i == 0)))
+                c_in = width
         self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(widths[3], momentum=bn_momentum)
-        self.act = nn.LeakyReLU(0.1, inplace=True)
-        self.feature_dim = widths[3]
-        self.classifier = nn.Linear(widths[3], num_classes)
+        self.bn_out = nn.BatchNorm2d(c_in, momentum=bn_momentum)
+        self.act_out = nn.LeakyReLU(0.1, inplace=True)
+        self.feature_dim = c_in
+        self.classifier = nn.Linear(c_in, self.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
@@ -133,57 +236,79 @@ class WideResNet(Backbone):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def features(self, x):
-        x = self.act(self.bn(self.blocks(self.stem(x))))
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+    def features(self, x: Tensor) -> Tensor:
+        x = self.act_out(self.bn_out(self.blocks(self.stem(x))))
+        return _global_average(x)
+
+
+def _wide_resnet(name: str, in_channels, num_classes, image_size, depth: int, widen: int,
+                 bn_momentum, dropout) -> Backbone:
+    return WideResNet(in_channels, num_classes, image_size, depth=depth, widen=widen,
+                      bn_momentum=_check_bn_momentum(name, bn_momentum), dropout=_check_dropout(name, dropout))
 
 
 @BACKBONES.register("wrn28_2")
-def wrn28_2(in_channels, num_classes, image_size, bn_momentum=0.001, dropout=0.0):
-    return WideResNet(in_channels, num_classes, image_size, 28, 2, bn_momentum, dropout)
+def wrn28_2(in_channels, num_classes, image_size, bn_momentum: float = 0.001, dropout: float = 0.0) -> Backbone:
+    return _wide_resnet("wrn28_2", in_channels, num_classes, image_size, 28, 2, bn_momentum, dropout)
 
 
 @BACKBONES.register("wrn28_8")
-def wrn28_8(in_channels, num_classes, image_size, bn_momentum=0.001, dropout=0.0):
-    return WideResNet(in_channels, num_classes, image_size, 28, 8, bn_momentum, dropout)
+def wrn28_8(in_channels, num_classes, image_size, bn_momentum: float = 0.001, dropout: float = 0.0) -> Backbone:
+    return _wide_resnet("wrn28_8", in_channels, num_classes, image_size, 28, 8, bn_momentum, dropout)
 
 
 # --------------------------------------------------------------------------- ResNet-18 (CIFAR stem)
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-        self.act = nn.ReLU(inplace=True)
+    """Post-activation ResNet basic block: conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU."""
 
-    def forward(self, x):
-        return self.act(self.body(x) + self.shortcut(x))
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(c_out))
+        else:
+            self.downsample = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
 
 
 class ResNet18(Backbone):
-    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool."""
+    """ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks
+    (64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pooling."""
 
-    def __init__(self, in_channels, num_classes, image_size):
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int]):
         super().__init__(in_channels, num_classes, image_size)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True))
-        layers, c_in = [], 64
+        self.stem = nn.Sequential(nn.Conv2d(self.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False),
+                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        stages: List[nn.Module] = []
+        c_in = 64
         for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [_BasicBlock(c_in, width, stride), _BasicBlock(width, width, 1)]
+            stages.append(nn.Sequential(_BasicBlock(c_in, width, stride), _BasicBlock(width, width, 1)))
             c_in = width
-        self.layers = nn.Sequential(*layers)
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = c_in
+        self.classifier = nn.Linear(c_in, self.num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
-    def features(self, x):
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+    def features(self, x: Tensor) -> Tensor:
+        return _global_average(self.stages(self.stem(x)))
 
 
 @BACKBONES.register("resnet18")
-def resnet18(in_channels, num_classes, image_size):
+def resnet18(in_channels, num_classes, image_size) -> Backbone:
     return ResNet18(in_channels, num_classes, image_size)

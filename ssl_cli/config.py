@@ -45,8 +45,10 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.stop_at_step must be a positive integer or null, got {stop!r}")
     if cfg.trainer.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"trainer.precision must be auto, fp32 or bf16, got {cfg.trainer.precision!r}")
-    if cfg.trainer.channels_last not in ("auto", True, False):
-        raise UserError(f"trainer.channels_last must be auto, true or false, got {cfg.trainer.channels_last!r}")
+    if not isinstance(cfg.trainer.channels_last, bool):
+        raise UserError(f"trainer.channels_last must be true or false, got {cfg.trainer.channels_last!r}")
+    if cfg.trainer.get("nonfinite", "stop") not in ("stop", "skip"):
+        raise UserError(f"trainer.nonfinite must be stop or skip, got {cfg.trainer.nonfinite!r}")
     ema = cfg.trainer.ema_decay
     if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0 <= ema < 1:
         raise UserError(f"trainer.ema_decay must be in [0, 1) (0 turns the EMA off), got {ema!r}")

@@ -22,7 +22,6 @@ from ssl_cli.registry import Registry
 
 DATASETS: Registry[Callable[..., "ImageData"]] = Registry("dataset")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass
@@ -209,13 +208,13 @@ def _load_cifar(name: str, cls_name: str, root: Optional[str], download: bool, c
 
 @DATASETS.register("cifar10")
 def load_cifar10(root: Optional[str] = None, download: bool = False, cache_dir: Optional[str] = None,
-                 bad_images: str = "error") -> ImageData:
+                 bad_images: str = "skip") -> ImageData:
     return _load_cifar("cifar10", "CIFAR10", root, download, cache_dir, bad_images)
 
 
 @DATASETS.register("cifar100")
 def load_cifar100(root: Optional[str] = None, download: bool = False, cache_dir: Optional[str] = None,
-                  bad_images: str = "error") -> ImageData:
+                  bad_images: str = "skip") -> ImageData:
     return _load_cifar("cifar100", "CIFAR100", root, download, cache_dir, bad_images)
 
 
@@ -259,8 +258,7 @@ def _list_class_folder(split_dir: Path) -> Dict[str, List[Path]]:
             for c in classes}
 
 
-def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional[Tuple[int, int]],
-                  bad_images: str) -> Tuple[List[Optional[torch.Tensor]], List[str]]:
+def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional[Tuple[int, int]]) -> Tuple[List[Optional[torch.Tensor]], List[str]]:
     """Decodes image files to uint8 CHW tensors; returns None in place of each unreadable file."""
     from PIL import Image, UnidentifiedImageError
 
@@ -280,8 +278,6 @@ def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional
         except PermissionError:
             raise UserError(f"cannot read {path}: permission denied") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            if bad_images == "error":
-                raise UserError(f"unreadable image {path}; fix or remove it, or set dataset.bad_images=skip") from None
             bad.append(str(path))
             out.append(None)
             continue
@@ -311,7 +307,7 @@ def load_image_folder(
     test_fraction: float = 0.2,
     split_seed: int = 0,
     cache_dir: Optional[str] = None,
-    bad_images: str = "error",
+    bad_images: str = "skip",
 ) -> ImageData:
     """Any `root/train/<class>/*` tree; `root/test/<class>/*` if present, else a seeded held-out split.
 
@@ -335,39 +331,49 @@ def load_image_folder(
         raise UserError(f"no class folders in {train_dir}; expected {layouts}")
     for split, classes in splits.items():
         for c, files in classes.items():
-            images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
-            if not images and split == "train":
-                raise UserError(f"class folder {path / split / c} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            if not files and split == "train":
+                raise UserError(f"class folder {path / split / c} holds no images; every class needs training images")
             if c not in class_names:
                 raise UserError(f"class '{c}' is in {path / split} but not in {train_dir}; every class needs training images")
-            # Files with an image suffix are decoded; others count as bad (skipped or an error).
-            classes[c] = files
+    # Every file is decoded; a file that is not a readable image counts as bad (skipped or an error).
     all_files = [f for split in splits.values() for files in split.values() for f in files]
-    if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in all_files):
-        raise UserError(f"no images found in {path}; expected {layouts}")
 
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache_file = cache_root / f"imagefolder-{_cache_key(path, all_files, size, channels)}.pt"
+    payload = None
     if cache_file.exists():
         try:
-            cached = torch.load(cache_file, weights_only=True)
-            return _image_data_from_cache(cached, class_names)
+            payload = torch.load(cache_file, weights_only=True)
         except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
+            payload = None
+    if payload is None:
+        payload = _decode_splits(path, splits, class_names, channels, size, test_fraction, split_seed)
+        _write_cache(cache_file, payload)
+    bad = list(payload["bad_files"])
+    if bad and bad_images == "error":
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"{len(bad)} unreadable image file(s) in {path}: {shown} "
+                        f"(fix or remove them, or set dataset.bad_images=skip)")
+    return _image_data_from_cache(payload, class_names)
 
+
+def _decode_splits(path: Path, splits: Dict[str, Dict[str, List[Path]]], class_names: List[str], channels,
+                   size, test_fraction: float, split_seed: int) -> dict:
     decoded: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
     bad_all: List[str] = []
     for split, classes in splits.items():
         imgs, labels = [], []
         for c, files in classes.items():
-            tensors, bad = _decode_files(files, channels, size, bad_images)
+            tensors, bad = _decode_files(files, channels, size)
             bad_all += bad
-            for t in tensors:
-                if t is not None:
-                    imgs.append(t)
-                    labels.append(class_names.index(c))
+            good = [t for t in tensors if t is not None]
+            if split == "train" and not good:
+                raise UserError(f"class folder {path / split / c} holds no readable images "
+                                f"({len(bad)} unreadable file(s), e.g. {bad[0]})")
+            imgs += good
+            labels += [class_names.index(c)] * len(good)
         if not imgs:
-            raise UserError(f"no readable images in {path / split}")
+            raise UserError(f"no readable images in {path / split} ({len(bad_all)} unreadable)")
         shapes = {tuple(t.shape) for t in imgs}
         if len(shapes) > 1:
             raise UserError(f"images in {path / split} differ in size or channels ({sorted(shapes)[:3]} ...); "
@@ -381,10 +387,8 @@ def load_image_folder(
     elif decoded["test"][0].shape[1:] != decoded["train"][0].shape[1:]:
         raise UserError(f"test images in {path} have shape {tuple(decoded['test'][0].shape[1:])} but train images "
                         f"{tuple(decoded['train'][0].shape[1:])}; set dataset.image_size / dataset.channels")
-    payload = {"train_images": decoded["train"][0], "train_labels": decoded["train"][1],
-               "test_images": decoded["test"][0], "test_labels": decoded["test"][1], "bad_files": bad_all}
-    _write_cache(cache_file, payload)
-    return _image_data_from_cache(payload, class_names)
+    return {"train_images": decoded["train"][0], "train_labels": decoded["train"][1],
+            "test_images": decoded["test"][0], "test_labels": decoded["test"][1], "bad_files": bad_all}
 
 
 def _image_data_from_cache(payload: dict, class_names: List[str]) -> ImageData:

@@ -63,13 +63,24 @@ def build_scheduler(optimizer, name: str, max_steps: int, warmup_steps: int = 0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, name, max_steps, warmup_steps))
 
 
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay used at `step`.
+
+    With warm-up the decay grows as (1 + t) / (10 + t) until it reaches `decay`: otherwise the random
+    initial weights keep a share of decay**t in the average (37 % after 1,000 steps at 0.999), which
+    ruins short runs. Long runs (FixMatch's 2^20 steps) are unaffected.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
 class EMA:
     """Exponential moving average of the weights (buffers such as BatchNorm statistics are copied)."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
         if not 0.0 <= decay < 1.0:
             raise UserError(f"trainer.ema_decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -78,11 +89,12 @@ class EMA:
         self._pairs_buffers = None
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
         if self._source_params is None:
             self._source_params = list(model.parameters())
             self._pairs_buffers = list(zip(self.model.buffers(), model.buffers()))
+        decay = ema_decay_at(step, self.decay, self.warmup)
         # One fused call for all parameters: ema = ema + (1 - decay) * (param - ema).
-        torch._foreach_lerp_(self._params, self._source_params, 1.0 - self.decay)
+        torch._foreach_lerp_(self._params, self._source_params, 1.0 - decay)
         for ema_b, b in self._pairs_buffers:
             ema_b.copy_(b)

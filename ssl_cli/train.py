@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,48 @@ class RunningMetrics:
             self.counts[k] = c
 
 
+class LossHealth:
+    """Notices a non-finite loss without a host sync per step: the first bad step is kept on the device."""
+
+    def __init__(self, device: torch.device, skip_nonfinite: bool = False):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped = 0
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step + 1), self.first_bad)
+
+    def diverged_at(self) -> Optional[int]:
+        """The step (1-based, as logged) whose loss was first non-finite, or None."""
+        value = int(self.first_bad.item())
+        return value if value >= 0 else None
+
+
+class StopSignals:
+    """SIGINT and SIGTERM (what SLURM sends before pre-emption) ask the loop to save and stop."""
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signal.Signals(signum).name
+        log.warning("received %s: saving a checkpoint and stopping after this step", self.received)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -263,9 +307,13 @@ class Trainer:
         self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         if self.use_bf16 and self.device.type != "cuda":
             raise UserError("trainer.precision=bf16 is for CUDA; use trainer.precision=auto or fp32 on the CPU")
-        channels_last = t.channels_last if t.channels_last != "auto" else self.device.type == "cuda"
+        channels_last = bool(t.channels_last)
 
         self.data_cpu = load_dataset(cfg.dataset.name, **split_options(cfg.dataset)[1])
+        bad_files = self.data_cpu.notes.get("bad_files") or []
+        if bad_files:  # skipped (dataset.bad_images=skip): say so, and list them with the run
+            (run_dir / "bad_images.txt").write_text("".join(f + "\n" for f in bad_files))
+            log.warning("skipped %d unreadable image file(s); listed in %s", len(bad_files), run_dir / "bad_images.txt")
         self.split = choose_split(cfg, self.data_cpu, run_dir)
         self.data = to_device(self.data_cpu, self.split, self.device)
         mean, std = self.data_cpu.channel_stats()
@@ -282,7 +330,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim.name, **optim_opts)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler.name, t.max_steps,
                                          cfg.scheduler.get("warmup_steps", 0))
-        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
         self.normalizer = Normalizer(mean, std).to(self.device)
         self.batches = BatchBuilder(self.data, self.method, augmenter, self.normalizer,
                                     t.batch_size, cfg.seed, channels_last)
@@ -290,6 +338,7 @@ class Trainer:
         self.elapsed = 0.0
         self.best: dict = {}
         self.running = RunningMetrics()  # training metrics since the last evaluation
+        self.health = LossHealth(self.device, skip_nonfinite=t.nonfinite == "skip")
         self.metrics_path = run_dir / "metrics.jsonl"
 
     # -- state ---------------------------------------------------------------------------------
@@ -358,11 +407,16 @@ class Trainer:
         with self.autocast():
             out = self.method.training_step(self.model, batch, step)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.health.skip_nonfinite and not torch.isfinite(out.loss).item():  # costs a sync; opt-in
+            self.health.skipped += 1
+            self.scheduler.step()
+            return {}
+        self.health.watch(out.loss, step)
         out.loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, step)
         return {"loss": out.loss.detach(), **out.metrics}
 
     def evaluate(self) -> Dict[str, dict]:
@@ -385,28 +439,34 @@ class Trainer:
         status, results = "completed", None
         progress = TrainingProgress(max_steps, enabled=t.progress_bar, show_ssl=bool(self.method.unlabeled_views))
         started = time.perf_counter() - self.elapsed
-        with progress:
+        with progress, StopSignals() as signals:
             progress.update(self.step, {})
             while self.step < max_steps:
                 metrics = self.train_step(self.step)
                 running.add(metrics)
                 self.step += 1
-                if self.step % t.log_every == 0 or self.step == max_steps:
+                every = lambda n: self.step % n == 0 or self.step == max_steps  # noqa: E731
+                stopping = signals.received is not None or self.step >= stop_at
+                if (every(t.log_every) or every(t.eval_every) or every(t.checkpoint_every) or stopping) \
+                        and self.health.diverged_at() is not None:
+                    # Nothing after the bad step is evaluated or saved: last.pt stays the last good state.
+                    self.elapsed = time.perf_counter() - started
+                    return self._diverged(results)
+                if every(t.log_every):
                     progress.update(self.step, {**running.compute(), "lr": self.scheduler.get_last_lr()[0]})
-                if self.step % t.eval_every == 0 or self.step == max_steps:
+                if every(t.eval_every):
                     self.elapsed = time.perf_counter() - started
                     results = self.evaluate()
                     self._log_evaluation(running.compute(), results)
                     running.reset()
-                if self.step % t.checkpoint_every == 0 or self.step == max_steps:
+                if every(t.checkpoint_every) or (stopping and self.step < max_steps):
                     self.elapsed = time.perf_counter() - started
                     self.save(LAST)
-                if self.step >= stop_at and self.step < max_steps:
-                    self.elapsed = time.perf_counter() - started
-                    self.save(LAST)
+                if stopping and self.step < max_steps:
                     status = "interrupted"
-                    log.info("stopped at step %d of %d (trainer.stop_at_step); continue with resume=%s",
-                             self.step, max_steps, self.run_dir)
+                    why = f"received {signals.received}" if signals.received else "trainer.stop_at_step"
+                    log.info("stopped at step %d of %d (%s); continue with resume=%s",
+                             self.step, max_steps, why, self.run_dir)
                     break
         self.elapsed = time.perf_counter() - started
         if results is None:
@@ -440,11 +500,35 @@ class Trainer:
         parts.append(f"{self.elapsed:.1f}s")
         log.info(" | ".join(parts))
 
+    def _diverged(self, results) -> dict:
+        bad = self.health.diverged_at()
+        message = (f"loss became non-finite at step {bad}; stopped, and {self.run_dir / LAST} keeps the last "
+                   f"good checkpoint (lower optim.lr, or set trainer.nonfinite=skip)")
+        log.error(message)
+        summary = self._summary("diverged", results)
+        summary.update(error=message, diverged_at_step=bad)
+        write_summary(self.run_dir, summary)
+        raise UserError(message)
+
     def _finish(self, status: str, results: Dict[str, dict]) -> dict:
-        test = results["test"]
         (self.run_dir / "confusion_matrix.json").write_text(json.dumps(
-            {"class_names": self.data_cpu.class_names, "matrix": test["confusion_matrix"]}))
-        summary = {
+            {"class_names": self.data_cpu.class_names, "matrix": results["test"]["confusion_matrix"]}))
+        summary = self._summary(status, results)
+        write_summary(self.run_dir, summary)
+        return summary
+
+    def _summary(self, status: str, results: Optional[Dict[str, dict]]) -> dict:
+        final = None
+        if results is not None:
+            test = results["test"]
+            final = {
+                "test/accuracy": test["accuracy"],
+                "test/macro_f1": test["macro_f1"],
+                "val/accuracy": results["val"]["accuracy"] if "val" in results else None,
+                "per_class": {name: {"precision": p, "recall": r, "f1": f} for name, p, r, f in
+                              zip(self.data_cpu.class_names, test["precision"], test["recall"], test["f1"])},
+            }
+        return {
             "status": status,
             "method": self.cfg.method.name,
             "dataset": self.cfg.dataset.name,
@@ -457,21 +541,14 @@ class Trainer:
             "max_steps": int(self.cfg.trainer.max_steps),
             "wall_time_s": round(self.elapsed, 2),
             "device": str(self.device),
-            "final": {
-                "test/accuracy": test["accuracy"],
-                "test/macro_f1": test["macro_f1"],
-                "val/accuracy": results["val"]["accuracy"] if "val" in results else None,
-                "per_class": {name: {"precision": p, "recall": r, "f1": f} for name, p, r, f in
-                              zip(self.data_cpu.class_names, test["precision"], test["recall"], test["f1"])},
-            },
+            "final": final,
             "best": {k: v for k, v in self.best.items() if k != "score"},
+            "skipped_nonfinite_steps": self.health.skipped,
             "reported_accuracy": "final test accuracy (EMA weights) after the last step; "
                                  "best.pt is chosen on the validation split, never on the test set",
             "choices": self.choices,
             "run_dir": str(self.run_dir),
         }
-        write_summary(self.run_dir, summary)
-        return summary
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -120,9 +120,14 @@ def test_bad_image_folders(tmp_path):
     assert r.returncode == 2 and "holds no images" in r.stderr and "Traceback" not in r.stderr
     root = write_image_folder(tmp_path / "broken", per_class=4, size=8)
     (root / "train" / "cat" / "bad.jpg").write_bytes(b"definitely not a jpeg")
-    r = ssl_train(SMOKE + ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=3",
-                           "hydra.run.dir=r2"], tmp_path)
-    assert r.returncode == 2 and "unreadable image" in r.stderr and "bad.jpg" in r.stderr
+    folder = SMOKE + ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=3",
+                      "dataset.num_validation=0"]
+    # By default an unreadable file is skipped and listed with the run ...
+    run_ok(folder + ["hydra.run.dir=r2"], tmp_path)
+    assert (tmp_path / "r2" / "bad_images.txt").read_text().strip().endswith("bad.jpg")
+    # ... and with bad_images=error it stops the run with a one-line message naming it.
+    r = ssl_train(folder + ["dataset.bad_images=error", "hydra.run.dir=r3"], tmp_path)
+    assert r.returncode == 2 and "1 unreadable image file(s)" in r.stderr and "bad.jpg" in r.stderr
     assert "Traceback" not in r.stderr
 
 
