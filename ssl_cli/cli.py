@@ -5,6 +5,7 @@ Bad input of any kind ends with one line on stderr and exit code 2, never a trac
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_cli.errors import UserError
@@ -68,14 +70,26 @@ def hydra_main(cfg: DictConfig):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, run_dir, choices)
     except UserError as e:
         _write_failed_summary(run_dir, cfg, one_line(e), choices)
-        if hc.mode == RunMode.MULTIRUN:  # one failing job must not stop the others
+        if multirun:  # one failing job must not stop the others
             log.error("job failed: %s", one_line(e))
             return None
         fail(one_line(e))
+    except Exception as e:  # a bug: in a sweep, record it and go on; alone, show the traceback
+        if not multirun:
+            raise
+        _write_failed_summary(run_dir, cfg, f"{type(e).__name__}: {one_line(e)}", choices)
+        log.exception("job failed")
+        return None
+    finally:
+        if multirun:  # jobs share this process: free what the finished job held
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     from ssl_cli.report import print_run_summary
 
     print_run_summary(summary)

@@ -338,6 +338,7 @@ class Trainer:
         self.elapsed = 0.0
         self.best: dict = {}
         self.running = RunningMetrics()  # training metrics since the last evaluation
+        self.last_train: Dict[str, float] = {}  # the training metrics logged at the last evaluation
         self.health = LossHealth(self.device, skip_nonfinite=t.nonfinite == "skip")
         self.metrics_path = run_dir / "metrics.jsonl"
 
@@ -474,6 +475,7 @@ class Trainer:
         return self._finish(status, results)
 
     def _log_evaluation(self, train: Dict[str, float], results: Dict[str, dict]) -> None:
+        self.last_train = train
         row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "elapsed_s": round(self.elapsed, 2)}
         row.update({f"train/{k}": v for k, v in train.items()})
         for split, m in results.items():
@@ -543,6 +545,7 @@ class Trainer:
             "device": str(self.device),
             "final": final,
             "best": {k: v for k, v in self.best.items() if k != "score"},
+            "train": self.last_train,
             "skipped_nonfinite_steps": self.health.skipped,
             "reported_accuracy": "final test accuracy (EMA weights) after the last step; "
                                  "best.pt is chosen on the validation split, never on the test set",

@@ -10,7 +10,8 @@ from conftest import compose, write_image_folder
 from ssl_cli.errors import UserError
 
 CONFIGS = Path(ssl_cli.configs.__file__).parent
-GROUPS = ["dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug"]
+GROUPS = ["dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug",
+          "sweep"]
 
 
 def options(group):
@@ -47,7 +48,7 @@ def _dataset_overrides(option, tmp_path):
     return None
 
 
-BUILD = [(g, o) for g, o in ALL if g != "experiment"]
+BUILD = [(g, o) for g, o in ALL if g not in ("experiment", "sweep")]
 
 
 @pytest.mark.parametrize("group,option", BUILD, ids=[f"{g}={o}" for g, o in BUILD])

@@ -1,0 +1,91 @@
+"""The sweep report: numbers match the job summaries, failures and gaps are reported, not fatal."""
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+
+from conftest import ssl_train
+from ssl_cli.report import labels_needed, main as report_main, make_report
+
+
+def test_labels_needed_interpolates_on_log_axis():
+    curve = [(10, 0.5), (100, 0.9)]
+    labels, note = labels_needed(curve, 0.7)
+    assert note == "" and labels == pytest.approx(math.sqrt(10 * 100))  # halfway in log space
+    assert labels_needed(curve, 0.4) == (10.0, "<=")
+    assert labels_needed(curve, 0.95) == (None, "not reached")
+
+
+def write_summary(root, method, labels, seed, acc, status="completed"):
+    d = root / f"{method}_{labels}_{seed}"
+    (d / ".hydra").mkdir(parents=True)
+    summary = {"status": status, "method": method, "num_labels": labels, "seed": seed, "run_dir": str(d)}
+    if status == "completed":
+        summary["final"] = {"test/accuracy": acc}
+        summary["train"] = {"mask_rate": 0.5, "pseudo_label_acc": 0.9} if method != "supervised" else {}
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_from_summaries(tmp_path):
+    for seed, (s20, s200, f20, f200) in enumerate([(0.5, 0.8, 0.7, 0.9), (0.6, 0.8, 0.75, 0.92)]):
+        write_summary(tmp_path, "supervised", 20, seed, s20)
+        write_summary(tmp_path, "supervised", 200, seed, s200)
+        write_summary(tmp_path, "fixmatch", 20, seed, f20)
+        write_summary(tmp_path, "fixmatch", 200, seed, f200)
+    report = make_report(tmp_path)
+    cell = report.cells[("fixmatch", 20)]
+    assert cell.mean == pytest.approx(0.725) and cell.std == pytest.approx(statistics.stdev([0.7, 0.75]))
+    needed = report.labels_needed()["fixmatch"]
+    # supervised reaches 0.8 at 200 labels; fixmatch goes 0.725 -> 0.91 between 20 and 200 labels
+    expected = math.exp(math.log(20) + (0.8 - 0.725) / (0.91 - 0.725) * math.log(10))
+    assert needed["labels_needed"] == pytest.approx(expected)
+    assert needed["labeling_saved"] == pytest.approx(1 - expected / 200)
+    assert report.missing == [] and report.failed == []
+
+
+def test_partial_sweep_names_what_is_missing(tmp_path):
+    write_summary(tmp_path, "supervised", 20, 0, 0.5)
+    write_summary(tmp_path, "fixmatch", 20, 0, 0.7)
+    write_summary(tmp_path, "fixmatch", 20, 1, None, status="failed")
+    (tmp_path / "still_running" / ".hydra").mkdir(parents=True)
+    report = make_report(tmp_path)
+    assert [s["seed"] for s in report.failed] == [1]
+    assert [p.name for p in report.pending] == ["still_running"]
+    assert "fixmatch / 20 labels / seed 1" in report.missing and "supervised / 20 labels / seed 1" in report.missing
+
+
+def test_real_multirun_with_a_failing_job(tmp_path):
+    # num_labels=2 is below synthetic's 4 classes: those jobs fail, the others must still run and report.
+    result = ssl_train(["-m", "debug=smoke", "method=supervised,fixmatch", "dataset.num_labels=8,2,16",
+                        "seed=0,1", "hydra.sweep.dir=sweep"], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
+    assert len(summaries) == 12
+    failed = [s for s in summaries if s["status"] == "failed"]
+    assert len(failed) == 4 and all("below the number of classes" in s["error"] for s in failed)
+    # The report's numbers are the summaries' numbers.
+    with open(sweep / "report.csv") as f:
+        rows = {(r["method"], int(r["num_labels"])): r for r in csv.DictReader(f)}
+    assert set(rows) == {(m, n) for m in ("supervised", "fixmatch") for n in (8, 16)}
+    for (method, n), row in rows.items():
+        accs = [s["final"]["test/accuracy"] for s in summaries
+                if s["status"] == "completed" and s["method"] == method and s["num_labels"] == n]
+        assert len(accs) == 2 and int(row["runs"]) == 2
+        assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(accs))
+        assert float(row["accuracy_std"]) == pytest.approx(statistics.stdev(accs))
+    assert (sweep / "label_efficiency.png").stat().st_size > 1000
+    assert "final test accuracy" in (sweep / "report.md").read_text()
+    assert "missing" in result.stdout and "failed" in result.stdout
+
+
+def test_ssl_report_command(tmp_path, capsys):
+    write_summary(tmp_path, "supervised", 20, 0, 0.5)
+    report_main([str(tmp_path), "--no-files"])
+    assert "supervised" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "nope")])
+    assert e.value.code == 2
