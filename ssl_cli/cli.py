@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -63,8 +66,50 @@ def _write_failed_summary(run_dir: Path, cfg: DictConfig, error: str, choices: d
                             "run_dir": str(run_dir)})
 
 
+def _is_optimising_sweep(hc) -> bool:
+    """True under a sweeper that optimises the task's return value (Hydra's Optuna sweeper)."""
+    target = str(OmegaConf.select(hc.sweeper, "_target_", default="") or "")
+    return "optuna" in target.lower()
+
+
+def _plans_validation(cfg: DictConfig) -> bool:
+    d = cfg.get("dataset") or {}
+    return bool(d.get("num_validation")) or d.get("labeled_indices") is not None
+
+
+NEEDS_VALIDATION = ("the hyperparameter search tunes on the validation split, never on the test set: "
+                    "set dataset.num_validation > 0 (e.g. dataset.num_validation=200)")
+
+
+def objective(summary: dict) -> Optional[float]:
+    """What the task returns to Hydra's sweeper: the final VALIDATION accuracy, never a test accuracy.
+
+    None without a validation split (Hydra's Optuna sweeper marks such a trial failed and goes on).
+    """
+    value = (summary.get("final") or {}).get("val/accuracy")
+    if value is None or math.isnan(value):
+        return None
+    return float(value)
+
+
+@contextmanager
+def _job_state(multirun: bool):
+    """Jobs of a sweep share this process: restore what one job may change and free what it held."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        if multirun:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
-def hydra_main(cfg: DictConfig):
+def hydra_main(cfg: DictConfig) -> Optional[float]:
+    """One job. Returns the validation accuracy (the objective of Hydra's Optuna sweeper), or None."""
     from ssl_cli.train import run  # imported here so `ssl-train --help` stays fast
 
     hc = HydraConfig.get()
@@ -72,7 +117,10 @@ def hydra_main(cfg: DictConfig):
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        summary = run(cfg, run_dir, choices)
+        with _job_state(multirun):
+            if multirun and _is_optimising_sweep(hc) and not _plans_validation(cfg):
+                raise UserError(NEEDS_VALIDATION)
+            summary = run(cfg, run_dir, choices)
     except UserError as e:
         _write_failed_summary(run_dir, cfg, one_line(e), choices)
         if multirun:  # one failing job must not stop the others
@@ -85,15 +133,32 @@ def hydra_main(cfg: DictConfig):
         _write_failed_summary(run_dir, cfg, f"{type(e).__name__}: {one_line(e)}", choices)
         log.exception("job failed")
         return None
-    finally:
-        if multirun:  # jobs share this process: free what the finished job held
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
     from ssl_cli.report import print_run_summary
 
     print_run_summary(summary)
-    return summary["final"]["test/accuracy"]
+    return objective(summary)
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+class SweepChecks(Callback):
+    """Hydra callback: before a sweep starts any job, stop with one line if every job would fail."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if not _is_optimising_sweep(config.hydra) or _plans_validation(config):
+            return
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        # A value swept by the search itself is not in `config` yet: leave it to the jobs.
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task])
+        swept = set(params) | {o.get_key_element() for o in overrides if o.is_sweep_override()}
+        if not swept & {"dataset.num_validation", "dataset.labeled_indices"}:
+            fail(NEEDS_VALIDATION)
 
 
 def _check_composes(argv) -> None:

@@ -1,9 +1,12 @@
 """Results: one run's summary, and the label-efficiency report of a sweep.
 
-The report reads only the `summary.json` files under a directory, so it works on any folder of runs,
-on sweeps still running and on sweeps with failed jobs. It reports the FINAL test accuracy of each
-run (or, with `--accuracy best_val`, the test accuracy of the checkpoint chosen on the validation
-split); nothing here selects on the test set.
+The report reads only the `summary.json` files under a directory (and, when there, Hydra's
+`multirun.yaml` and each job's `.hydra/overrides.yaml`), so it works on any folder of runs, on sweeps
+still running and on sweeps with failed jobs, and names the jobs without a completed run. It reports
+the FINAL test accuracy of each run (or, with `--accuracy best_val`, the test accuracy of the
+checkpoint chosen on the validation split), as mean ± sample standard deviation over seeds per
+method x label count; nothing here selects on the test set. Jobs that differ in any other override
+(optim.lr, a search trial's parameters, ...) are kept apart as variants, never averaged as seeds.
 
     ssl-report multirun/2026-11-23/12-00-00
 """
@@ -14,6 +17,7 @@ import argparse
 import csv
 import itertools
 import json
+import logging
 import math
 import statistics
 import sys
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -54,22 +59,75 @@ def print_run_summary(summary: dict) -> None:
 
 # --------------------------------------------------------------------------- collecting runs
 
+# Overrides that make up the report's axes (or say nothing about the model); any other override that
+# differs between jobs (optim.lr, backbone, a trial's parameters, ...) splits a method into variants,
+# so that runs with different settings are never averaged as if they were seeds.
+AXIS_KEYS = ("method", "dataset.num_labels", "dataset.label_fraction", "seed", "resume")
+
+
+def _job_dirs(root: Path) -> List[Path]:
+    """Job directories (with summary.json or Hydra's .hydra/) under `root`, outermost only.
+
+    A multi-stage run (method=selfsup) keeps one summary.json per stage in sub-directories; its own
+    summary.json reports all of them, so the nested ones are not separate jobs.
+    """
+    found = {p.parent for p in root.rglob("summary.json")} | {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    return sorted(d for d in found if not any(parent in found for parent in d.parents))
+
+
+def _read_overrides(job: Path) -> Optional[List[str]]:
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))]
+    except Exception:  # an unreadable file only costs the variant column
+        return None
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
 
 def load_summaries(root: Path) -> Tuple[List[dict], List[Path]]:
-    """Summaries under `root`, and the job directories (with Hydra's .hydra/) that have none yet."""
-    root = Path(root)
+    """Summaries under `root`, and the job directories (with Hydra's .hydra/) that have none yet.
+
+    Each summary gets `_job_dir` and `_overrides` (the job's command-line overrides, when Hydra saved them).
+    """
     summaries, pending = [], []
-    for hydra_dir in sorted(set(root.rglob(".hydra")) | {p.parent / ".hydra" for p in root.rglob("summary.json")}):
-        job = hydra_dir.parent
+    for job in _job_dirs(Path(root)):
         path = job / "summary.json"
-        if not path.exists():
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):  # not written yet (running or killed), or cut short
             pending.append(job)
             continue
-        try:
-            summaries.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
+        if not isinstance(summary, dict) or "method" not in summary:
             pending.append(job)
+            continue
+        summary["_job_dir"] = str(job)
+        summary["_overrides"] = _read_overrides(job)
+        summaries.append(summary)
+    _assign_variants(summaries)
     return summaries, pending
+
+
+def _assign_variants(summaries: List[dict]) -> None:
+    """Sets each summary's `_variant`: its values of the non-axis overrides that differ between jobs."""
+    per_job = []
+    for s in summaries:
+        overrides = {}
+        for o in s.get("_overrides") or []:
+            key = _override_key(o)
+            if key not in AXIS_KEYS and not key.startswith("hydra"):
+                overrides[key] = o.split("=", 1)[1] if "=" in o else ""
+        per_job.append(overrides)
+    keys = sorted({k for o in per_job for k in o})
+    varying = [k for k in keys if len({o.get(k) for o in per_job}) > 1]
+    for s, overrides in zip(summaries, per_job):
+        s["_variant"] = " ".join(f"{k}={overrides[k]}" for k in varying if k in overrides)
 
 
 def run_accuracy(summary: dict, kind: str) -> Optional[float]:
@@ -81,13 +139,20 @@ def run_accuracy(summary: dict, kind: str) -> Optional[float]:
     return best.get("test/accuracy") if best.get("selected_by") == "val/accuracy" else None
 
 
+def display_name(method: str, variant: str) -> str:
+    return f"{method} [{variant}]" if variant else method
+
+
 @dataclass
 class Cell:
-    """All seeds of one (method, label count)."""
+    """All seeds of one (method, variant, label count)."""
 
+    method: str = ""
+    variant: str = ""
     accuracies: List[float] = field(default_factory=list)
-    mask_rates: List[float] = field(default_factory=list)
-    pl_accuracies: List[float] = field(default_factory=list)
+    val_accuracies: List[Optional[float]] = field(default_factory=list)
+    mask_rates: List[Optional[float]] = field(default_factory=list)
+    pl_accuracies: List[Optional[float]] = field(default_factory=list)
     seeds: List[int] = field(default_factory=list)
 
     @property
@@ -96,38 +161,89 @@ class Cell:
 
     @property
     def std(self) -> float:
+        """Sample standard deviation over seeds (n - 1); 0 for a single run."""
         return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
+    @property
+    def repeated_seeds(self) -> List[int]:
+        return sorted({s for s in self.seeds if self.seeds.count(s) > 1}, key=str)
 
-def _mean(values: List[float]) -> Optional[float]:
+
+def _mean(values: List[Optional[float]]) -> Optional[float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(values) if values else None
 
 
 def build_cells(summaries: List[dict], kind: str) -> Dict[Tuple[str, int], Cell]:
-    cells: Dict[Tuple[str, int], Cell] = defaultdict(Cell)
+    """Cells keyed by (display name, label count); the display name is the method plus its variant."""
+    cells: Dict[Tuple[str, int], Cell] = {}
     for s in summaries:
         acc = run_accuracy(s, kind)
         if acc is None:
             continue
-        cell = cells[(s["method"], int(s["num_labels"]))]
+        method, variant = s["method"], s.get("_variant", "")
+        cell = cells.setdefault((display_name(method, variant), int(s["num_labels"])), Cell(method, variant))
         cell.accuracies.append(acc)
         cell.seeds.append(s.get("seed"))
+        cell.val_accuracies.append((s.get("final") or {}).get("val/accuracy"))
         train = s.get("train") or {}
         cell.mask_rates.append(train.get("mask_rate"))
         cell.pl_accuracies.append(train.get("pseudo_label_acc"))
-    return dict(cells)
+    return cells
+
+
+def _job_label(s: dict) -> str:
+    return f"{display_name(s['method'], s.get('_variant', ''))} / {s.get('num_labels')} labels / seed {s.get('seed')}"
 
 
 def missing_jobs(summaries: List[dict]) -> List[str]:
-    """Combinations of the sweep's methods x label counts x seeds with no completed run."""
-    done = {(s["method"], int(s["num_labels"]), s.get("seed")) for s in summaries if s.get("status") == "completed"}
+    """Combinations of the sweep's methods x label counts x seeds with no completed run.
+
+    Built from the runs found, so a value none of whose jobs has started yet goes unnoticed; a
+    Hydra sweep directory is checked against its own job list instead (see `expected_jobs`).
+    """
+    done = {(display_name(s["method"], s.get("_variant", "")), int(s["num_labels"]), s.get("seed"))
+            for s in summaries if s.get("status") == "completed"}
     seen = [s for s in summaries if s.get("num_labels") is not None]
-    methods = sorted({s["method"] for s in seen})
+    methods = sorted({display_name(s["method"], s.get("_variant", "")) for s in seen})
     labels = sorted({int(s["num_labels"]) for s in seen})
-    seeds = sorted({s.get("seed") for s in seen}, key=str)
+    seeds = sorted({s.get("seed") for s in seen}, key=lambda x: (not isinstance(x, int), x if isinstance(x, int) else str(x)))
     return [f"{m} / {n} labels / seed {seed}" for m, n, seed in itertools.product(methods, labels, seeds)
             if (m, n, seed) not in done]
+
+
+def expected_jobs(root: Path) -> Optional[List[List[str]]]:
+    """Every job's overrides of the Hydra grid sweep in `root` (from its multirun.yaml), or None.
+
+    Only Hydra's basic sweeper has a fixed job list (and saves multirun.yaml); others return None.
+    """
+    path = Path(root) / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path)
+        if not str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
+            return None
+        params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+        args = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in cfg.hydra.overrides.task]
+        overrides = OverridesParser.create().parse_overrides(args)
+        return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    except Exception:  # a hand-edited or foreign multirun.yaml: fall back to the runs found
+        return None
+
+
+def missing_from_sweep(expected: List[List[str]], summaries: List[dict]) -> List[str]:
+    """The sweep's jobs with no completed run, named by their swept overrides."""
+    done = {frozenset(s["_overrides"]) for s in summaries
+            if s.get("status") == "completed" and s.get("_overrides") is not None}
+    keys = [_override_key(o) for o in expected[0]] if expected else []
+    swept = {k for i, k in enumerate(keys) if len({job[i] for job in expected}) > 1}
+    return [" ".join(o for o in job if _override_key(o) in swept) or " ".join(job)
+            for job in expected if frozenset(job) not in done]
 
 
 # --------------------------------------------------------------------------- labels needed
@@ -157,54 +273,98 @@ class Report:
     missing: List[str]
     failed: List[dict]
     pending: List[Path]
+    skipped: List[dict] = field(default_factory=list)  # completed, but without the requested accuracy
 
     @property
     def methods(self) -> List[str]:
-        names = sorted({m for m, _ in self.cells})
-        return sorted(names, key=lambda m: (m != "supervised", m))
+        """Display names (method plus variant), supervised ones first."""
+        names = {m for m, _ in self.cells}
+        return sorted(names, key=lambda m: (self._method_of(m) != "supervised", m))
+
+    def _method_of(self, name: str) -> str:
+        return next(c.method for (m, _), c in self.cells.items() if m == name)
+
+    def _variant_of(self, name: str) -> str:
+        return next(c.variant for (m, _), c in self.cells.items() if m == name)
 
     @property
     def label_counts(self) -> List[int]:
         return sorted({n for _, n in self.cells})
 
+    def baseline(self, name: str) -> Optional[str]:
+        """The supervised row a method is compared with: the same variant, else plain supervised."""
+        names = set(self.methods)
+        for candidate in (display_name("supervised", self._variant_of(name)), "supervised"):
+            if candidate in names:
+                return candidate
+        return None
+
     def labels_needed(self) -> Dict[str, dict]:
-        """For each SSL method: labels to match supervised at the sweep's largest label count."""
-        sup = {n: c.mean for (m, n), c in self.cells.items() if m == "supervised"}
-        if not sup:
-            return {}
-        top = max(sup)
-        target = sup[top]
+        """For each SSL method: labels to match supervised at the sweep's largest label count.
+
+        Only for methods with runs at fewer labels than that count (otherwise there is nothing to save).
+        """
         out = {}
-        for method in self.methods:
-            if method == "supervised":
+        for name in self.methods:
+            base = self.baseline(name)
+            if base is None or self._method_of(name) == "supervised":
                 continue
-            curve = [(n, c.mean) for (m, n), c in self.cells.items() if m == method]
+            sup = {n: c.mean for (m, n), c in self.cells.items() if m == base}
+            top = max(sup)
+            target = sup[top]
+            curve = [(n, c.mean) for (m, n), c in self.cells.items() if m == name]
+            if min(n for n, _ in curve) >= top:
+                continue
             labels, note = labels_needed(curve, target)
-            out[method] = {"target_accuracy": target, "supervised_labels": top, "labels_needed": labels,
-                           "note": note, "labeling_saved": None if labels is None else 1 - labels / top}
+            out[name] = {"target_accuracy": target, "baseline": base, "supervised_labels": top,
+                         "labels_needed": labels, "note": note,
+                         "labeling_saved": None if labels is None else 1 - labels / top}
         return out
 
     def rows(self) -> List[dict]:
-        sup = {n: c.mean for (m, n), c in self.cells.items() if m == "supervised"}
         rows = []
         for n in self.label_counts:
-            for m in self.methods:
-                c = self.cells.get((m, n))
+            for name in self.methods:
+                c = self.cells.get((name, n))
                 if c is None:
                     continue
+                base = self.baseline(name)
+                sup = self.cells.get((base, n)) if base is not None and base != name else None
                 rows.append({
-                    "method": m, "num_labels": n, "runs": len(c.accuracies),
+                    "method": c.method, "variant": c.variant, "num_labels": n, "runs": len(c.accuracies),
+                    "seeds": " ".join(str(s) for s in sorted(c.seeds, key=str)),
                     "accuracy_mean": c.mean, "accuracy_std": c.std,
-                    "vs_supervised": None if m == "supervised" or n not in sup else c.mean - sup[n],
+                    "vs_supervised": None if sup is None else c.mean - sup.mean,
+                    "val_accuracy_mean": _mean(c.val_accuracies),
                     "mask_rate": _mean(c.mask_rates), "pseudo_label_acc": _mean(c.pl_accuracies),
+                    "accuracy_kind": self.kind,
                 })
         return rows
+
+    def warnings(self) -> List[str]:
+        """Plain-text lines about everything that is not a complete, clean sweep."""
+        lines = []
+        for s in self.failed:
+            lines.append(f"{s.get('status')}: {_job_label(s)}: {s.get('error', '')} ({s.get('_job_dir', s.get('run_dir'))})")
+        for job in self.pending:
+            lines.append(f"no summary yet (running or killed): {job}")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} completed run(s) left out: no validation split, so no "
+                         f"validation-selected checkpoint (use --accuracy final)")
+        for (name, n), c in sorted(self.cells.items()):
+            if c.repeated_seeds:
+                lines.append(f"{name} / {n} labels has several runs with seed(s) {c.repeated_seeds}: "
+                             f"this directory holds more than one sweep")
+        return lines
 
 
 def make_report(root: Path, kind: str = "final") -> Report:
     summaries, pending = load_summaries(root)
     failed = [s for s in summaries if s.get("status") != "completed"]
-    return Report(kind, build_cells(summaries, kind), missing_jobs(summaries), failed, pending)
+    skipped = [s for s in summaries if s.get("status") == "completed" and run_accuracy(s, kind) is None]
+    expected = expected_jobs(root)
+    missing = missing_jobs(summaries) if expected is None else missing_from_sweep(expected, summaries)
+    return Report(kind, build_cells(summaries, kind), missing, failed, pending, skipped)
 
 
 # --------------------------------------------------------------------------- output
@@ -214,35 +374,63 @@ def _pct(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:.1f}"
 
 
+def _mean_std(row: dict) -> str:
+    """'mean ± std' in %; a single run has no spread to show."""
+    if row["runs"] < 2:
+        return _pct(row["accuracy_mean"])
+    return f"{_pct(row['accuracy_mean'])} ± {_pct(row['accuracy_std'])}"
+
+
+def _delta(x: Optional[float]) -> str:
+    return "" if x is None else f"{100 * x:+.1f}"
+
+
+STD_NOTE = "mean ± sample standard deviation over seeds"
+MAX_LISTED = 20
+
+
 def print_report(report: Report, title: str) -> None:
-    table = Table(title=title, caption=f"accuracy: {ACCURACY_KINDS[report.kind]}, %")
-    for col in ("labels", "method", "accuracy (mean ± std)", "runs", "vs supervised", "mask rate", "pseudo-label acc"):
-        table.add_column(col, justify="left" if col in ("method",) else "right")
-    for r in report.rows():
-        delta = "" if r["vs_supervised"] is None else f"{100 * r['vs_supervised']:+.1f}"
-        table.add_row(str(r["num_labels"]), r["method"], f"{_pct(r['accuracy_mean'])} ± {_pct(r['accuracy_std'])}",
-                      str(r["runs"]), delta, _pct(r["mask_rate"]), _pct(r["pseudo_label_acc"]))
+    rows = report.rows()
+    with_val = any(r["val_accuracy_mean"] is not None for r in rows)
+    table = Table(title=title, caption=f"test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
+                                            f"PL acc: pseudo-label accuracy on the unlabeled images")
+    columns = ["labels", "method", "test acc (mean ± std)", "runs", "vs sup."]
+    columns += ["val acc"] if with_val else []
+    columns += ["mask rate", "PL acc"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        cells = [str(r["num_labels"]), escape(display_name(r["method"], r["variant"])), _mean_std(r), str(r["runs"]),
+                 _delta(r["vs_supervised"])]
+        cells += [_pct(r["val_accuracy_mean"])] if with_val else []
+        cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
+        table.add_row(*cells)
     console.print(table)
     for line in labels_needed_lines(report):
-        console.print(line)
-    for s in report.failed:
-        console.print(f"[yellow]{s.get('status')}[/]: {s.get('run_dir')}: {s.get('error', '')}")
-    for job in report.pending:
-        console.print(f"[yellow]no summary yet (running or killed)[/]: {job}")
+        console.print(line, markup=False, highlight=False)
+    for line in report.warnings():
+        console.print(f"[yellow]warning[/]: {escape(line)}")
     if report.missing:
-        console.print(f"[yellow]missing {len(report.missing)} job(s)[/]: " + "; ".join(report.missing))
+        shown = "; ".join(report.missing[:MAX_LISTED])
+        more = f"; ... ({len(report.missing) - MAX_LISTED} more in report.md)" if len(report.missing) > MAX_LISTED else ""
+        console.print(f"[yellow]missing {len(report.missing)} job(s) without a completed run[/]: {escape(shown + more)}")
 
 
 def labels_needed_lines(report: Report) -> List[str]:
     lines = []
     for method, r in report.labels_needed().items():
-        goal = f"supervised's {100 * r['target_accuracy']:.1f} % at {r['supervised_labels']} labels"
+        goal = f"{r['baseline']}'s {100 * r['target_accuracy']:.1f} % at {r['supervised_labels']} labels"
         if r["labels_needed"] is None:
             lines.append(f"labels needed: {method} does not reach {goal} in this sweep")
+            continue
+        saved = r["labeling_saved"]
+        amount = f"{100 * abs(saved):.0f} % {'less' if saved >= 0 else 'more'} labeling"
+        if r["note"] == "<=":  # already reached at the smallest count in the sweep: an upper bound
+            lines.append(f"labels needed: {method} reaches {goal} with at most {r['labels_needed']:.0f} labels "
+                         f"(the fewest in this sweep; at least {amount})")
         else:
-            prefix = "at most " if r["note"] == "<=" else "about "
-            lines.append(f"labels needed: {method} reaches {goal} with {prefix}{r['labels_needed']:.0f} labels "
-                         f"({100 * r['labeling_saved']:.0f} % less labeling)")
+            lines.append(f"labels needed: {method} reaches {goal} with about {r['labels_needed']:.0f} labels "
+                         f"(interpolated on a log scale; {amount})")
     return lines
 
 
@@ -254,17 +442,26 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"Accuracy: {ACCURACY_KINDS[report.kind]}, mean ± std over seeds, %.", "",
-             "| labels | method | accuracy | runs | vs supervised | mask rate | pseudo-label acc |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    with_val = any(r["val_accuracy_mean"] is not None for r in rows)
+    header = ["labels", "method", "test accuracy", "runs", "vs supervised"] + (["val accuracy"] if with_val else [])
+    header += ["mask rate", "pseudo-label acc"]
+    lines = [f"Test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
+             f"Nothing is selected on the test set.", "",
+             "| " + " | ".join(header) + " |", "|" + "|".join("---" if h == "method" else "---:" for h in header) + "|"]
     for r in rows:
-        delta = "" if r["vs_supervised"] is None else f"{100 * r['vs_supervised']:+.1f}"
-        lines.append(f"| {r['num_labels']} | {r['method']} | {_pct(r['accuracy_mean'])} ± {_pct(r['accuracy_std'])} | "
-                     f"{r['runs']} | {delta} | {_pct(r['mask_rate'])} | {_pct(r['pseudo_label_acc'])} |")
+        cells = [str(r["num_labels"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
+                 _delta(r["vs_supervised"])] + ([_pct(r["val_accuracy_mean"])] if with_val else [])
+        cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"- {line}" for line in labels_needed_lines(report)]
-    if report.failed or report.pending or report.missing:
+    if report.failed or report.pending or report.missing or report.skipped:
         lines += ["", f"Incomplete: {len(report.failed)} failed, {len(report.pending)} without summary, "
-                      f"{len(report.missing)} missing."]
+                      f"{len(report.missing)} without a completed run.", ""]
+        lines += [f"- {line}" for line in report.warnings() if "several runs" not in line]
+        lines += [f"- missing: {job}" for job in report.missing]
+    repeated = [line for line in report.warnings() if "several runs" in line]
+    if repeated:
+        lines += [""] + [f"- warning: {line}" for line in repeated]
     md_path.write_text("\n".join(lines) + "\n")
     written = [csv_path, md_path]
     png = plot_label_efficiency(report, out_dir / "label_efficiency.png")
@@ -286,19 +483,18 @@ def plot_label_efficiency(report: Report, path: Path) -> Optional[Path]:
         points = sorted((n, c.mean, c.std) for (m, n), c in report.cells.items() if m == method)
         ns, means, stds = zip(*points)
         ax.errorbar(ns, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3, label=method)
-    needed = report.labels_needed()
-    if needed:
-        target = next(iter(needed.values()))
-        ax.axhline(100 * target["target_accuracy"], color="grey", linestyle=":", linewidth=1,
-                   label=f"supervised @ {target['supervised_labels']} labels")
+    targets = {(r["baseline"], r["supervised_labels"], r["target_accuracy"]) for r in report.labels_needed().values()}
+    for base, top, target in sorted(targets):
+        ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1, label=f"{base} @ {top} labels")
     ax.set_xscale("log")
     ax.set_xticks(report.label_counts)
     ax.set_xticklabels([str(n) for n in report.label_counts])
+    ax.minorticks_off()
     ax.set_xlabel("labeled images")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Label efficiency ({report.kind} accuracy)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(f"Label efficiency ({'final' if report.kind == 'final' else 'validation-selected'} test accuracy)")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -310,7 +506,7 @@ def report_dir(root: Path, kind: str = "final", write: bool = True) -> Report:
     print_report(report, title=f"{root}")
     if write:
         for p in write_files(report, Path(root)):
-            console.print(f"wrote {p}")
+            console.print(f"wrote {p}", markup=False, highlight=False)
     return report
 
 
@@ -340,9 +536,13 @@ class SweepReport(Callback):
     """Hydra callback: when a multirun ends, report it (table, report.csv/md, label_efficiency.png)."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if any(sweep_dir.rglob("summary.json")):
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not any(sweep_dir.rglob("summary.json")):
+            return
+        try:
             report_dir(sweep_dir)
+        except Exception:  # the jobs' results are on disk; `ssl-report` can be run again by hand
+            logging.getLogger("ssl_cli").exception("the sweep report failed; run ssl-report %s", sweep_dir)
 
 
 if __name__ == "__main__":

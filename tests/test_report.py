@@ -78,8 +78,14 @@ def test_real_multirun_with_a_failing_job(tmp_path):
         assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(accs))
         assert float(row["accuracy_std"]) == pytest.approx(statistics.stdev(accs))
     assert (sweep / "label_efficiency.png").stat().st_size > 1000
-    assert "final test accuracy" in (sweep / "report.md").read_text()
+    md = (sweep / "report.md").read_text()
+    assert "final test accuracy" in md
     assert "missing" in result.stdout and "failed" in result.stdout
+    # The report names each failed job with its error, and the sweep's jobs without a completed run.
+    failed_lines = [line for line in md.splitlines() if line.startswith("- failed: ")]
+    assert len(failed_lines) == 4 and all("below the number of classes" in line for line in failed_lines)
+    assert sorted(line for line in md.splitlines() if line.startswith("- missing: ")) == sorted(
+        f"- missing: method={m} dataset.num_labels=2 seed={seed}" for m in ("supervised", "fixmatch") for seed in (0, 1))
 
 
 def test_ssl_report_command(tmp_path, capsys):
@@ -89,3 +95,42 @@ def test_ssl_report_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report_main([str(tmp_path / "nope")])
     assert e.value.code == 2
+
+
+def test_runs_with_other_settings_are_variants_not_seeds(tmp_path):
+    # Same method, labels and seed, different learning rate (as in a search): two rows, not one mean.
+    for lr, acc in (("0.01", 0.6), ("0.1", 0.8)):
+        for seed in (0, 1):
+            write_summary(tmp_path, f"fixmatch_lr{lr}", 20, seed, acc + seed / 100)
+            d = tmp_path / f"fixmatch_lr{lr}_20_{seed}"
+            summary = json.loads((d / "summary.json").read_text())
+            (d / "summary.json").write_text(json.dumps({**summary, "method": "fixmatch"}))
+            (d / ".hydra" / "overrides.yaml").write_text(f"- method=fixmatch\n- optim.lr={lr}\n- seed={seed}\n")
+    report = make_report(tmp_path)
+    assert sorted(report.cells) == [("fixmatch [optim.lr=0.01]", 20), ("fixmatch [optim.lr=0.1]", 20)]
+    assert report.cells[("fixmatch [optim.lr=0.1]", 20)].mean == pytest.approx(0.805)
+    assert report.missing == []
+    assert {(r["method"], r["variant"]) for r in report.rows()} == {("fixmatch", "optim.lr=0.01"),
+                                                                   ("fixmatch", "optim.lr=0.1")}
+
+
+def test_stage_summaries_of_a_multi_stage_run_are_not_separate_jobs(tmp_path):
+    write_summary(tmp_path, "selfsup", 20, 0, 0.7)
+    stage = tmp_path / "selfsup_20_0" / "pretrain"
+    stage.mkdir()
+    (stage / "summary.json").write_text(json.dumps({"status": "completed", "method": "simclr", "num_labels": 20,
+                                                    "seed": 0, "final": {"test/accuracy": 0.1}}))
+    report = make_report(tmp_path)
+    assert list(report.cells) == [("selfsup", 20)] and report.pending == []
+
+
+def test_labels_needed_lines_say_what_the_numbers_mean(tmp_path):
+    for method, n, acc in (("supervised", 20, 0.5), ("supervised", 200, 0.8), ("fixmatch", 20, 0.85),
+                           ("fixmatch", 200, 0.9), ("pseudolabel", 200, 0.82)):
+        write_summary(tmp_path, method, n, 0, acc)
+    from ssl_cli.report import labels_needed_lines
+
+    lines = labels_needed_lines(make_report(tmp_path))
+    # fixmatch beats supervised@200 already at 20 labels: an upper bound; pseudolabel has no run below 200.
+    assert lines == ["labels needed: fixmatch reaches supervised's 80.0 % at 200 labels with at most 20 labels "
+                     "(the fewest in this sweep; at least 90 % less labeling)"]
