@@ -22,6 +22,22 @@ def predict(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor],
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=images_uint8.device)
 
 
+@torch.no_grad()
+def embed(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+          batch_size: int, autocast) -> torch.Tensor:
+    """The backbone's features [N, feature_dim] (float32) of every image, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images_uint8.shape[0], batch_size):
+        with autocast():
+            out.append(model.features(prepare(images_uint8[start:start + batch_size])).float())
+    model.train(was_training)
+    if out:
+        return torch.cat(out)
+    return torch.zeros(0, model.classifier.in_features, device=images_uint8.device)
+
+
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Rows are true classes, columns predicted classes."""
     flat = labels.long() * num_classes + preds.long()

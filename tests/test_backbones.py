@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from ssl_cli.train import LOADING_KEYS
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -155,7 +157,8 @@ def test_config_defaults_are_valid_options(name):
     path = CONFIGS / f"{name}.yaml"
     if not path.exists():
         pytest.skip(f"no config file for {name}")
-    options = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "name"}
+    options = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items()
+               if k not in ("name",) + LOADING_KEYS}
     assert set(options) <= set(backbone_options(name))
     on_meta(name, 3, 10, (32, 32), **options)
 

@@ -3,7 +3,7 @@
 import inspect
 
 from ssl_cli.errors import UserError
-from ssl_cli.methods import fixmatch, pseudolabel, supervised  # noqa: F401  (registers the methods)
+from ssl_cli.methods import byol, fixmatch, pseudolabel, selfsup, simclr, supervised  # noqa: F401  (registers)
 from ssl_cli.methods.base import METHODS, Batch, Method, StepOutput
 
 __all__ = ["METHODS", "Batch", "Method", "StepOutput", "build_method"]

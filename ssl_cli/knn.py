@@ -1,0 +1,60 @@
+"""Frozen-feature evaluation: the weighted kNN monitor and the linear probe.
+
+Both use only the labeled training images as the memory bank / training set, so they measure how
+well a backbone's features separate the classes with the labels a user actually has.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def knn_predict(bank_features: torch.Tensor, bank_labels: torch.Tensor, features: torch.Tensor, num_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
+    """Class of each row of `features` by a vote of its k most cosine-similar bank rows.
+
+    Each neighbour votes for its label with weight exp(similarity / temperature) (Wu et al. 2018, the
+    monitor used throughout the self-supervised literature); k is capped at the bank's size.
+    """
+    bank = F.normalize(bank_features.float(), dim=1)
+    k = min(k, bank.shape[0])
+    preds = []
+    for start in range(0, features.shape[0], chunk):
+        query = F.normalize(features[start:start + chunk].float(), dim=1)
+        sim, idx = (query @ bank.t()).topk(k, dim=1)
+        weights = (sim / temperature).exp()
+        votes = torch.zeros(query.shape[0], num_classes, device=query.device)
+        votes.scatter_add_(1, bank_labels[idx], weights)
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=features.device)
+
+
+@torch.enable_grad()
+def fit_linear_probe(classifier: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+                     weight_decay: float = 1e-4, max_iter: int = 200) -> None:
+    """Fits `classifier` in place as an L2-regularised logistic regression on frozen features (L-BFGS).
+
+    The features are standardised with the bank's own mean and scale; the fitted weights absorb that
+    standardisation, so the classifier then takes raw features like any other.
+    """
+    x = features.detach().float()
+    mean, scale = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    xs = (x - mean) / scale
+    weight = torch.zeros(classifier.out_features, x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.zeros(classifier.out_features, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(xs @ weight.t() + bias, labels) + weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        w = weight / scale  # (x - mean) / scale @ W.T + b  ==  x @ (W / scale).T + (b - (W / scale) @ mean)
+        classifier.weight.copy_(w.to(classifier.weight.dtype))
+        classifier.bias.copy_((bias - w @ mean).to(classifier.bias.dtype))
