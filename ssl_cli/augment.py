@@ -145,12 +145,17 @@ def _per_image(m: Tensor) -> Tensor:
     return m.view(-1, 1, 1, 1)
 
 
+_LUMA_WEIGHTS: Dict[Tuple[torch.device, torch.dtype], Tensor] = {}
+
+
 def _grayscale(x: Tensor) -> Tensor:
     """[b, 1, H, W] luma with PIL's ITU-R 601-2 weights; a 1-channel image is its own grayscale."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
-    return (x * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    key = (x.device, x.dtype)
+    if key not in _LUMA_WEIGHTS:  # made once per device: a host-to-device copy would sync on every call
+        _LUMA_WEIGHTS[key] = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1).to(x.device)
+    return (x * _LUMA_WEIGHTS[key]).sum(dim=1, keepdim=True)
 
 
 def _blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
@@ -207,7 +212,12 @@ def _equalize(x: Tensor, m: Tensor) -> Tensor:
     # One 256-bin histogram per (image, channel): offset each row's levels into its own bin range
     # so a single bincount builds all of them.
     offsets = torch.arange(n, device=x.device).mul_(256)[:, None]
-    hist = torch.bincount((levels + offsets).view(-1), minlength=n * 256).view(n, 256)
+    flat = (levels + offsets).view(-1)
+    if x.device.type == "cpu":
+        hist = torch.bincount(flat, minlength=n * 256).view(n, 256)
+    else:  # bincount reads its input's maximum back to the host (a sync); scatter_add counts the same
+        hist = torch.zeros(n * 256, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        hist = hist.view(n, 256)
     cum_before = hist.cumsum(dim=1) - hist  # pixels strictly below each level
     # PIL's equalize spreads all pixels except those of the top level over 0..255.
     top = levels.amax(dim=1, keepdim=True)
@@ -351,15 +361,44 @@ def _magnitudes(name: str, u: Tensor) -> Tensor:
     return lo + u * (hi - lo)
 
 
+def _rand_augment_round_sync_free(x: Tensor, choice: Tensor, u: Tensor, names: Sequence[str]) -> Tensor:
+    """One RandAugment round without reading anything back to the host: each op transforms the whole
+    batch and `torch.where` keeps, per image, the result of the op it drew (choice -1: none)."""
+    h, w = x.shape[-2:]
+    out = x
+    for k, name in enumerate(names):
+        if name in _PIXEL_OPS and name != "identity":
+            out = torch.where(_per_image(choice == k), _PIXEL_OPS[name](x, _magnitudes(name, u)), out)
+    geometric = [k for k, name in enumerate(names) if name in _GEOMETRIC]
+    if geometric:
+        # One warp for all geometric ops: each image gets its own op's matrix (identity if it drew none).
+        one, zero = torch.ones_like(u), torch.zeros_like(u)
+        parts = [one, zero, zero, one, zero, zero]
+        warped = torch.zeros_like(choice, dtype=torch.bool)
+        for k in geometric:
+            chosen = choice == k
+            op_parts = _GEOMETRIC[names[k]](_magnitudes(names[k], u), h, w)
+            parts = [torch.where(chosen, new, old) for new, old in zip(op_parts, parts)]
+            warped |= chosen
+        out = torch.where(_per_image(warped), _warp(x, _theta(tuple(parts), h, w)), out)
+    return out
+
+
 def rand_augment(
     images: Tensor,
     generator: torch.Generator,
     num_ops: int = 2,
     apply_prob: float = 0.5,
     ops: Optional[Sequence[str]] = None,
+    sync_free: Optional[bool] = None,
 ) -> Tensor:
     """FixMatch's RandAugment: each image draws `num_ops` ops (with replacement) and applies each
-    with probability `apply_prob` at a magnitude drawn uniformly in the op's range."""
+    with probability `apply_prob` at a magnitude drawn uniformly in the op's range.
+
+    Two ways to compute the same result: on the CPU, the images of each op are grouped and only they
+    are transformed (grouping reads the op counts on the host); elsewhere (`sync_free`, the default off
+    the CPU) every op runs on the whole batch and each image keeps its own op's result, so the step
+    never waits for the device."""
     _check_images(images)
     names = tuple(OPS if ops is None else ops)
     unknown = [n for n in names if n not in OP_FUNCTIONS]
@@ -371,11 +410,16 @@ def rand_augment(
     device = images.device
     x = to_float(images)
     geometric_ids = [k for k, n in enumerate(names) if n in _GEOMETRIC]
+    if sync_free is None:
+        sync_free = device.type != "cpu"
 
     for _ in range(num_ops):
         choice = _randint(len(names), b, generator, device)
         active = _rand(b, generator, device) < apply_prob
         u = _rand(b, generator, device)
+        if sync_free:
+            x = _rand_augment_round_sync_free(x, torch.where(active, choice, torch.full_like(choice, -1)), u, names)
+            continue
         # -1 marks images that skip this round. Sorting by op groups the images of each op into
         # one contiguous run of `order`; the counts come to the host in one transfer (one device
         # sync per round instead of one per op).

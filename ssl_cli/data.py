@@ -50,6 +50,8 @@ class ImageData:
 
     def channel_stats(self) -> Tuple[List[float], List[float]]:
         """Per-channel mean and std of the training images, in [0, 1] units."""
+        if not isinstance(self.train_images, torch.Tensor):  # streamed from files (ssl_cli.stream): a sample
+            return self.train_images.channel_stats()
         x = self.train_images[:20000].float().div_(255)
         mean = x.mean(dim=(0, 2, 3))
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
@@ -308,10 +310,14 @@ def load_image_folder(
     split_seed: int = 0,
     cache_dir: Optional[str] = None,
     bad_images: str = "skip",
+    streaming: bool = False,
+    num_workers: int = 2,
 ) -> ImageData:
     """Any `root/train/<class>/*` tree; `root/test/<class>/*` if present, else a seeded held-out split.
 
-    Images are resized to `image_size` (square) when given, else all must share one size.
+    Images are resized to `image_size` (square) when given, else all must share one size. With
+    `streaming`, nothing is decoded here: the images stay in their files and `num_workers` DataLoader
+    workers decode each step's batch during training (ssl_cli.stream).
     """
     layouts = "<root>/train/<class>/<image> (and optionally <root>/test/<class>/<image>)"
     path = _require_root(root, "imagefolder", layouts)
@@ -335,6 +341,10 @@ def load_image_folder(
                 raise UserError(f"class folder {path / split / c} holds no images; every class needs training images")
             if c not in class_names:
                 raise UserError(f"class '{c}' is in {path / split} but not in {train_dir}; every class needs training images")
+    if streaming:
+        from ssl_cli.stream import folder_image_data
+
+        return folder_image_data(path, splits, class_names, channels, size, test_fraction, split_seed, num_workers)
     # Every file is decoded; a file that is not a readable image counts as bad (skipped or an error).
     all_files = [f for split in splits.values() for files in split.values() for f in files]
 

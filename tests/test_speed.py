@@ -1,0 +1,108 @@
+"""Speed work that must not change results: the sync-free RandAugment path, torch.compile, ssl-bench."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import compose, write_image_folder
+from ssl_cli import bench
+from ssl_cli.augment import rand_augment
+from ssl_cli.errors import UserError
+from ssl_cli.train import StepSampler, Trainer
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (33, 1, 8, 8), (16, 3, 12, 20), (0, 3, 8, 8)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rand_augment_sync_free_path_gives_the_grouped_result(shape, seed):
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    for num_ops, prob in ((2, 0.5), (3, 1.0)):
+        grouped = rand_augment(images, torch.Generator().manual_seed(seed), num_ops, prob, sync_free=False)
+        sync_free = rand_augment(images, torch.Generator().manual_seed(seed), num_ops, prob, sync_free=True)
+        assert torch.equal(grouped, sync_free)
+
+
+def test_step_sampler_is_a_pure_function_of_the_step():
+    a = StepSampler(10, 4, seed=3, stream=1, device=torch.device("cpu"))
+    b = StepSampler(10, 4, seed=3, stream=1, device=torch.device("cpu"))
+    forward = [a(k) for k in range(8)]
+    assert all(torch.equal(b(k), forward[k]) for k in reversed(range(8)))
+    epoch = torch.cat(forward[:3])[:10]  # steps 0, 1 and half of step 2 make the first epoch
+    assert sorted(epoch.tolist()) == list(range(10))
+
+
+def test_trainer_compile_compiles_the_model_in_place(tmp_path):
+    cfg = compose(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=default"])
+    trainer = Trainer(cfg, tmp_path)  # compiling itself happens at the first call, not tested here (slow on a CPU)
+    assert trainer.model._compiled_call_impl is not None
+    assert trainer.ema.model._compiled_call_impl is None  # the EMA copy stays eager
+    assert not any(k.startswith("_orig_mod") for k in trainer.model.state_dict())  # checkpoints unchanged
+    (tmp_path / "eager").mkdir()
+    eager = Trainer(compose(["debug=smoke"]), tmp_path / "eager")
+    assert eager.model._compiled_call_impl is None
+
+
+def test_trainer_compile_mode_is_checked(tmp_path):
+    with pytest.raises(UserError, match="compile_mode"):
+        Trainer(compose(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=fastest"]), tmp_path)
+
+
+def test_reuse_cpu_memory_applies_on_linux(tmp_path):
+    import sys
+
+    from ssl_cli.accel import reuse_cpu_memory
+
+    assert reuse_cpu_memory() == sys.platform.startswith("linux")
+    with pytest.raises(UserError, match="reuse_cpu_memory"):
+        from ssl_cli.accel import apply_speed_settings
+
+        apply_speed_settings(torch.nn.Linear(2, 2), {"reuse_cpu_memory": "yes"}, torch.device("cpu"))
+
+
+TINY = ["--backbone", "cnn", "--device", "cpu", "--batch-size", "4", "--unlabeled-ratio", "2", "--repeats", "2",
+        "--warmup", "1", "--eval-images", "16", "--eval-batch-size", "8", "--peak-tflops", "1"]
+
+
+def test_benchmark_synthetic_writes_every_phase(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--train-images", "64", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images_per_step"] == 4 + 2 * 8
+    assert set(r["phases"]) == {"compute", "step", "augment", "batch", "load", "eval"}
+    for phase in r["phases"].values():
+        assert phase["repeats"] == 2 and phase["median_s"] > 0 and phase["images_per_s"] > 0
+    assert r["flops_per_step"] > 0 and r["phases"]["compute"]["tflops"] > 0
+    assert r["peak_source"].startswith("given") and r["peak_tflops"] == 1
+    assert r["ratios"]["step_over_compute"] > 0 and "step_over_compute" in r["checks"]
+    assert not r["streaming"] and r["machine"]["cpu"]
+    assert "(b) full training step" in capsys.readouterr().out
+
+
+def test_benchmark_streams_an_image_folder(tmp_path):
+    root = write_image_folder(tmp_path / "folder", per_class=12, size=12)
+    out = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--dataset", "imagefolder", "--root", str(root), "--num-workers", "1",
+                              "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["streaming"] and r["phases"]["load"]["images"] == 4 + 8
+    assert "dataset.streaming=true" in r["overrides"]
+
+
+def test_benchmark_errors_are_one_line(capsys):
+    assert bench.main(["--dataset", "imagefolder", "--device", "cpu"]) == 2
+    assert "--root" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_never_waits_for_the_device(tmp_path):
+    cfg = compose(["dataset=synthetic", "dataset.image_size=32", "dataset.num_train=512", "trainer.device=cuda",
+                   "method=fixmatch", "backbone=wrn28_2", "trainer.batch_size=16", "trainer.progress_bar=false"])
+    trainer = Trainer(cfg, tmp_path)
+    trainer.train_step(0)  # first calls may copy constants to the device once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 40):  # crosses epoch ends of both samplers
+            trainer.running.add(trainer.train_step(step))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
