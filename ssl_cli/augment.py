@@ -521,6 +521,77 @@ def classic_augment(
     return to_uint8(out)
 
 
+_YIQ: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
+
+
+def _hue_shift(x: Tensor, turns: Tensor) -> Tensor:
+    """Rotates each RGB image's hue by `turns` of a full circle, as a rotation about the grey axis.
+
+    This is the YIQ-space hue rotation: exact for the chroma plane and batched, unlike an HSV round trip.
+    """
+    angle = turns * (2.0 * math.pi)
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    key = (x.device, x.dtype)
+    if key not in _YIQ:  # made once per device: a host-to-device copy would sync on every call
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              dtype=torch.float64)
+        _YIQ[key] = (to_yiq.to(x.dtype).to(x.device), torch.linalg.inv(to_yiq).to(x.dtype).to(x.device))
+    to_yiq, to_rgb = _YIQ[key]
+    zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+    rotate = torch.cat([torch.cat([one, zero, zero], 2), torch.cat([zero, cos, -sin], 2),
+                        torch.cat([zero, sin, cos], 2)], 1)  # [b, 3, 3] on (Y, I, Q)
+    matrix = to_rgb @ rotate @ to_yiq
+    return torch.einsum("bij,bjhw->bihw", matrix, x).clamp_(0.0, 1.0)
+
+
+def contrastive_augment(
+    images: Tensor,
+    generator: torch.Generator,
+    crop_scale: Tuple[float, float] = (0.2, 1.0),
+    flip: bool = True,
+    jitter: float = 0.4,
+    jitter_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+) -> Tensor:
+    """SimCLR's view, per image: random resized crop (area share in `crop_scale`, aspect ratio 3/4..4/3,
+    bilinear), horizontal flip, colour jitter with probability `jitter_prob` (brightness, contrast and
+    saturation factors in [1 - jitter, 1 + jitter], hue shift up to jitter / 4 of a turn), then
+    grayscale with probability `grayscale_prob`."""
+    _check_images(images)
+    b, c, h, w = images.shape
+    if b == 0:
+        return images.clone()
+    device = images.device
+    lo, hi = crop_scale
+    area = lo + (hi - lo) * _rand(b, generator, device)
+    log_ratio = (2.0 * _rand(b, generator, device) - 1.0) * math.log(4.0 / 3.0)
+    ratio = log_ratio.exp()
+    # Crop side shares, clamped to the image; the crop's centre is uniform over where it fits.
+    sw = (area * ratio).sqrt().clamp(max=1.0)
+    sh = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (1.0 - sw) * (2.0 * _rand(b, generator, device) - 1.0) * (w / 2.0)
+    cy = (1.0 - sh) * (2.0 * _rand(b, generator, device) - 1.0) * (h / 2.0)
+    ones = torch.ones(b, device=device)
+    fx = torch.where(_rand(b, generator, device) < 0.5, -ones, ones) if flip else ones
+    zero = torch.zeros_like(sw)
+    theta = _theta((sw * fx, zero, zero, sh, cx, cy), h, w)
+    x = F.grid_sample(to_float(images), F.affine_grid(theta, [b, c, h, w], align_corners=False),
+                      mode="bilinear", padding_mode="border", align_corners=False)
+    if jitter > 0:
+        factor = lambda: 1.0 + jitter * (2.0 * _rand(b, generator, device) - 1.0)  # noqa: E731
+        brightness, contrast, saturation = factor(), factor(), factor()
+        hue = (jitter / 4.0) * (2.0 * _rand(b, generator, device) - 1.0)
+        jittered = _contrast(_brightness(x, brightness), contrast)
+        if c == 3:
+            jittered = _hue_shift(_color(jittered, saturation), hue)
+        apply = _per_image(_rand(b, generator, device) < jitter_prob)
+        x = torch.where(apply, jittered, x)
+    if c == 3 and grayscale_prob > 0:
+        gray = _per_image(_rand(b, generator, device) < grayscale_prob)
+        x = torch.where(gray, _grayscale(x).expand_as(x), x)
+    return to_uint8(x)
+
+
 # --------------------------------------------------------------------------------------------------
 # Normalisation and the config-driven entry point
 # --------------------------------------------------------------------------------------------------
@@ -542,7 +613,7 @@ class Normalizer(torch.nn.Module):
 
 WEAK_CHOICES = ("none", "flip_translate", "classic")
 STRONG_CHOICES = ("none", "randaugment", "classic")
-VIEWS = ("none", "weak", "strong")
+VIEWS = ("none", "weak", "strong", "contrastive")
 
 
 @dataclass
@@ -559,6 +630,10 @@ class AugmentConfig:
     rotation: float = 20.0  # classic only
     shift: float = 0.2  # classic only
     vflip: bool = True  # classic only; also off when flip is off
+    crop_scale_min: float = 0.2  # contrastive view: smallest random-resized-crop area share
+    jitter: float = 0.4  # contrastive view: colour jitter strength
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
 
 
 class Augmenter:
@@ -605,4 +680,7 @@ class Augmenter:
             if c.strong == "classic":
                 return self._classic(images_uint8, generator)
             return images_uint8
+        if view == "contrastive":  # self-supervised pretraining (SimCLR, BYOL)
+            return contrastive_augment(images_uint8, generator, crop_scale=(c.crop_scale_min, 1.0), flip=c.flip,
+                                       jitter=c.jitter, jitter_prob=c.jitter_prob, grayscale_prob=c.grayscale_prob)
         raise ValueError(f"unknown augmentation view {view!r}; allowed: {', '.join(VIEWS)}")

@@ -52,6 +52,22 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
+    def freeze_features(self) -> None:
+        """Trains the classifier only: feature weights get no gradient and BatchNorm keeps its statistics."""
+        self.features_frozen = True
+        for name, p in self.named_parameters():
+            if not name.startswith("classifier."):
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "features_frozen", False):
+            for name, child in self.named_children():
+                if name != "classifier":
+                    child.train(False)
+        return self
+
 
 def _option_names(builder: Callable) -> List[str]:
     params = list(inspect.signature(builder).parameters.values())

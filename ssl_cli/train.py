@@ -23,14 +23,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_cli.accel import apply_speed_settings
 from ssl_cli.augment import AugmentConfig, Augmenter, Normalizer
 from ssl_cli.backbones import build_backbone
 from ssl_cli.checkpoint import load_checkpoint, save_checkpoint
 from ssl_cli.config import check_config, split_options
 from ssl_cli.data import ImageData, load_dataset
 from ssl_cli.errors import UserError
-from ssl_cli.evaluate import classification_metrics, predict
-from ssl_cli.methods import Batch, Method, build_method
+from ssl_cli.evaluate import classification_metrics, embed
+from ssl_cli.knn import fit_linear_probe, knn_predict
+from ssl_cli.methods import METHODS, Batch, Method, build_method
 from ssl_cli.optim import EMA, build_optimizer, build_scheduler
 from ssl_cli.progress import TrainingProgress
 from ssl_cli.split import SPLIT_FILE, Split, load_split, make_split, save_split
@@ -38,6 +40,7 @@ from ssl_cli.split import SPLIT_FILE, Split, load_split, make_split, save_split
 log = logging.getLogger("ssl_cli")
 
 LAST, BEST = "last.pt", "best.pt"
+STAGES = "stages.json"  # the config of a run made of several stages (method=selfsup)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -55,20 +58,25 @@ class StepSampler:
     """Batches as consecutive slices of per-epoch random permutations of `n` items.
 
     The batch at a step is a pure function of (seed, stream, step): resuming at step k needs no
-    sampler state, and a resumed run draws exactly the batches an uninterrupted one would.
+    sampler state, and a resumed run draws exactly the batches an uninterrupted one would. The
+    permutations are drawn on the CPU (then copied to `device` once per epoch, without a host sync), so
+    the schedule is the same on every device and a streaming source can compute it on the CPU.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, stream: int, device: torch.device):
         self.n, self.batch_size, self.seed, self.stream, self.device = n, batch_size, seed, stream, device
         self._perms: Dict[int, torch.Tensor] = {}
-        self._gen = torch.Generator(device=device)
+        self._gen = torch.Generator()
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             if len(self._perms) > 2:
                 self._perms.pop(min(self._perms))
             self._gen.manual_seed(_mix(self.seed, self.stream, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=self._gen, device=self.device)
+            perm = torch.randperm(self.n, generator=self._gen)
+            if self.device.type == "cuda":
+                perm = perm.pin_memory().to(self.device, non_blocking=True)
+            self._perms[epoch] = perm.to(self.device)
         return self._perms[epoch]
 
     def __call__(self, step: int) -> torch.Tensor:
@@ -102,7 +110,9 @@ class BatchBuilder:
         device = data.images.device
         self.data, self.method, self.augmenter, self.normalizer = data, method, augmenter, normalizer
         self.channels_last = channels_last
-        self.labeled_sampler = StepSampler(len(data.labeled), batch_size, seed, 1, device)
+        self.labeled_sampler = None
+        if method.labeled_view is not None:
+            self.labeled_sampler = StepSampler(len(data.labeled), batch_size, seed, 1, device)
         self.unlabeled_sampler = None
         if method.unlabeled_views:
             if len(data.unlabeled) == 0:
@@ -111,26 +121,51 @@ class BatchBuilder:
                                                  seed, 2, device)
         self.seed = seed
         self.gen = torch.Generator(device=device)
+        # The image source: the in-memory tensor, or images streamed from files (ssl_cli.stream.FileImages)
+        # whose decode workers follow this builder's step schedule.
+        self.stream = None if isinstance(data.images, torch.Tensor) else data.images
+        if self.stream is not None:
+            self.stream.bind(self)
+
+    def gather(self, indices: torch.Tensor, step: int) -> torch.Tensor:
+        """The uint8 images at `indices` (drawn at `step`), on the device."""
+        return self.data.images[indices] if self.stream is None else self.stream.gather(indices, step)
 
     def prepare(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = self.normalizer(images_uint8)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if self.channels_last:  # reorder the uint8 images (a quarter of the bytes); normalising keeps the layout
+            return self.normalizer(images_uint8.contiguous(memory_format=torch.channels_last)).contiguous(
+                memory_format=torch.channels_last)
+        return self.normalizer(images_uint8)
 
     def __call__(self, step: int) -> Batch:
         self.gen.manual_seed(_mix(self.seed, 3, step))  # augmentation randomness for this step only
         d = self.data
-        idx = d.labeled[self.labeled_sampler(step)]
-        labeled = self.prepare(self.augmenter(self.method.labeled_view, d.images[idx], self.gen))
-        batch = Batch(labeled=labeled, labels=d.labels[idx])
+        batch = Batch()
+        if self.labeled_sampler is not None:
+            idx = d.labeled[self.labeled_sampler(step)]
+            batch.labeled = self.prepare(self.augmenter(self.method.labeled_view, self.gather(idx, step), self.gen))
+            batch.labels = d.labels[idx]
         if self.unlabeled_sampler is not None:
             uidx = d.unlabeled[self.unlabeled_sampler(step)]
-            raw = d.images[uidx]
+            raw = self.gather(uidx, step)
             batch.unlabeled = tuple(self.prepare(self.augmenter(v, raw, self.gen)) for v in self.method.unlabeled_views)
             batch.unlabeled_targets = d.labels[uidx]
         return batch
 
 
 # --------------------------------------------------------------------------- metrics bookkeeping
+
+
+def _average_into(total: Dict[str, object], metrics: Dict[str, object], parts: int) -> Dict[str, object]:
+    """Adds one micro-batch's metrics: scalar metrics as 1/parts of their value, (num, den) pairs summed."""
+    out = dict(total)
+    for k, v in metrics.items():
+        if isinstance(v, tuple):
+            num, den = out.get(k, (0, 0))
+            out[k] = (num + v[0], den + v[1])
+        else:
+            out[k] = out.get(k, 0) + v / parts
+    return out
 
 
 class RunningMetrics:
@@ -279,13 +314,19 @@ def build_augmenter(cfg: DictConfig) -> Augmenter:
 
 
 def resolve_resume(cfg: DictConfig) -> tuple[DictConfig, Optional[dict]]:
-    """With `resume=<run dir>`, the run continues under the config saved in its last checkpoint."""
+    """With `resume=<run dir>`, the run continues under the config saved in its last checkpoint.
+
+    A run of several stages (method=selfsup) keeps its config in `stages.json`; each stage then resumes
+    from its own checkpoint, so no state is returned for it.
+    """
     if not cfg.get("resume"):
         return cfg, None
     path = Path(str(cfg.resume)).expanduser()
-    ckpt_path = path / LAST if path.is_dir() else path
-    state = load_checkpoint(ckpt_path)
-    saved = OmegaConf.create(state["config"])
+    if path.is_dir() and not (path / LAST).exists() and (path / STAGES).is_file():
+        saved, state = OmegaConf.create(json.loads((path / STAGES).read_text())["config"]), None
+    else:
+        state = load_checkpoint(path / LAST if path.is_dir() else path)
+        saved = OmegaConf.create(state["config"])
     saved.resume = str(cfg.resume)
     # What may differ in the continued run: where it runs, and whether it stops early again.
     saved.trainer.device = cfg.trainer.device
@@ -319,26 +360,37 @@ class Trainer:
         mean, std = self.data_cpu.channel_stats()
         augmenter = build_augmenter(cfg)
 
-        backbone_opts = {k: v for k, v in cfg.backbone.items() if k != "name"}
+        backbone_opts = {k: v for k, v in cfg.backbone.items() if k not in ("name",) + LOADING_KEYS}
         self.model = build_backbone(cfg.backbone.name, self.data_cpu.channels, self.data_cpu.num_classes,
-                                    self.data_cpu.image_size, **backbone_opts).to(self.device)
+                                    self.data_cpu.image_size, **backbone_opts)
+        if cfg.backbone.get("pretrained"):
+            load_pretrained(self.model, cfg.backbone.pretrained, self.model_info())
+        if cfg.backbone.get("freeze_features"):
+            self.model.freeze_features()
+        self.model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         method_opts = {k: v for k, v in cfg.method.items() if k != "name"}
         self.method = build_method(cfg.method.name, self.data_cpu.num_classes, t.max_steps, **method_opts)
+        self.method.setup(self.model)
+        self.method.to(self.device)
         optim_opts = {k: v for k, v in cfg.optim.items() if k != "name"}
-        self.optimizer = build_optimizer(self.model, cfg.optim.name, **optim_opts)
+        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), cfg.optim.name, **optim_opts)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler.name, t.max_steps,
                                          cfg.scheduler.get("warmup_steps", 0))
         self.ema = EMA(self.model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None
+        apply_speed_settings(self.model, t, self.device)  # trainer.compile (the EMA copy stays eager), reuse_cpu_memory
         self.normalizer = Normalizer(mean, std).to(self.device)
+        self.accumulation = int(t.get("grad_accumulation", 1))
         self.batches = BatchBuilder(self.data, self.method, augmenter, self.normalizer,
                                     t.batch_size, cfg.seed, channels_last)
+        self.knn_k, self.knn_temperature = int(t.get("knn_k", 200)), float(t.get("knn_temperature", 0.1))
         self.step = 0
         self.elapsed = 0.0
         self.best: dict = {}
         self.running = RunningMetrics()  # training metrics since the last evaluation
         self.last_train: Dict[str, float] = {}  # the training metrics logged at the last evaluation
+        self.last_eval: Dict[str, float] = {}  # shown on the progress bar until the next evaluation
         self.health = LossHealth(self.device, skip_nonfinite=t.nonfinite == "skip")
         self.metrics_path = run_dir / "metrics.jsonl"
 
@@ -352,6 +404,7 @@ class Trainer:
         return {
             "step": self.step,
             "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -362,12 +415,16 @@ class Trainer:
             "elapsed_seconds": self.elapsed,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "choices": self.choices,
-            "model_info": {"backbone": self.cfg.backbone.name, "in_channels": self.data_cpu.channels,
-                           "num_classes": self.data_cpu.num_classes, "image_size": list(self.data_cpu.image_size)},
+            "model_info": self.model_info(),
         }
+
+    def model_info(self) -> dict:
+        return {"backbone": self.cfg.backbone.name, "in_channels": self.data_cpu.channels,
+                "num_classes": self.data_cpu.num_classes, "image_size": list(self.data_cpu.image_size)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state.get("method") or {})
         if self.ema is not None and state.get("ema") is not None:
             self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -404,31 +461,54 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, step: int) -> Dict[str, object]:
-        batch = self.batches(step)
-        with self.autocast():
-            out = self.method.training_step(self.model, batch, step)
+        """One optimiser step over `grad_accumulation` micro-batches (micro-batch i of step k is batch k*n + i)."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.health.skip_nonfinite and not torch.isfinite(out.loss).item():  # costs a sync; opt-in
-            self.health.skipped += 1
-            self.scheduler.step()
-            return {}
-        self.health.watch(out.loss, step)
-        out.loss.backward()
+        loss, metrics = 0.0, {}
+        for micro in range(step * self.accumulation, (step + 1) * self.accumulation):
+            batch = self.batches(micro)
+            with self.autocast():
+                out = self.method.training_step(self.model, batch, step)
+            if self.health.skip_nonfinite and not torch.isfinite(out.loss).item():  # costs a sync; opt-in
+                self.health.skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                return {}
+            self.health.watch(out.loss, step)
+            (out.loss / self.accumulation).backward()
+            loss = loss + out.loss.detach() / self.accumulation
+            metrics = out.metrics if self.accumulation == 1 else _average_into(metrics, out.metrics, self.accumulation)
         self.optimizer.step()
         self.scheduler.step()
+        self.method.after_step(self.model, step)
         if self.ema is not None:
             self.ema.update(self.model, step)
-        return {"loss": out.loss.detach(), **out.metrics}
+        return {"loss": loss, **metrics}
 
     def evaluate(self) -> Dict[str, dict]:
-        d, bs = self.data, self.cfg.trainer.eval_batch_size
+        """Classifier metrics on test (and validation), plus kNN accuracy with the labeled images as memory bank.
+
+        For a method that does not train the classifier (self-supervised pretraining), the classifier is
+        first fitted as a linear probe on the frozen features of the labeled images.
+        """
+        d, bs, model = self.data, self.cfg.trainer.eval_batch_size, self.eval_model
+        num_classes = self.data_cpu.num_classes
+        bank = embed(model, d.images[d.labeled], self.batches.prepare, bs, self.autocast)
+        bank_labels = d.labels[d.labeled]
+        if not self.method.trains_classifier:
+            fit_linear_probe(model.classifier, bank, bank_labels)
+            if model is not self.model:  # keep the trained model's classifier in step (checkpoints, fine-tuning)
+                self.model.classifier.load_state_dict(model.classifier.state_dict())
         results = {}
         sets = {"test": (d.test_images, d.test_labels)}
         if len(d.validation):
             sets["val"] = (d.images[d.validation], d.labels[d.validation])
         for name, (images, labels) in sets.items():
-            preds = predict(self.eval_model, images, self.batches.prepare, bs, self.autocast)
-            results[name] = classification_metrics(preds, labels, self.data_cpu.num_classes)
+            features = embed(model, images, self.batches.prepare, bs, self.autocast)
+            with torch.no_grad():
+                preds = model.classifier(features.to(model.classifier.weight.dtype)).argmax(dim=1)
+            results[name] = classification_metrics(preds, labels, num_classes)
+            knn = knn_predict(bank, bank_labels, features, num_classes, self.knn_k, self.knn_temperature)
+            results[name]["knn_accuracy"] = (knn == labels).float().mean().item() if len(labels) else 0.0
         return results
 
     def fit(self) -> dict:
@@ -437,6 +517,7 @@ class Trainer:
         stop_at = t.get("stop_at_step") or max_steps
         running = self.running
         self.model.train()
+        self.method.train()
         status, results = "completed", None
         progress = TrainingProgress(max_steps, enabled=t.progress_bar, show_ssl=bool(self.method.unlabeled_views))
         started = time.perf_counter() - self.elapsed
@@ -454,10 +535,12 @@ class Trainer:
                     self.elapsed = time.perf_counter() - started
                     return self._diverged(results)
                 if every(t.log_every):
-                    progress.update(self.step, {**running.compute(), "lr": self.scheduler.get_last_lr()[0]})
+                    progress.update(self.step, {**running.compute(), "lr": self.scheduler.get_last_lr()[0],
+                                                **self.last_eval})
                 if every(t.eval_every):
                     self.elapsed = time.perf_counter() - started
                     results = self.evaluate()
+                    self.last_eval = {"knn_acc": results["test"]["knn_accuracy"]}
                     self._log_evaluation(running.compute(), results)
                     running.reset()
                 if every(t.checkpoint_every) or (stopping and self.step < max_steps):
@@ -481,6 +564,7 @@ class Trainer:
         for split, m in results.items():
             row[f"{split}/accuracy"] = m["accuracy"]
             row[f"{split}/macro_f1"] = m["macro_f1"]
+            row[f"{split}/knn_accuracy"] = m["knn_accuracy"]
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         # Model selection uses the validation split only; without one, the latest evaluation is kept.
@@ -499,6 +583,7 @@ class Trainer:
         if "val" in results:
             parts.append(f"val_acc {results['val']['accuracy']:.4f}")
         parts.append(f"test_acc {results['test']['accuracy']:.4f}")
+        parts.append(f"test_knn {results['test']['knn_accuracy']:.4f}")
         parts.append(f"{self.elapsed:.1f}s")
         log.info(" | ".join(parts))
 
@@ -526,6 +611,7 @@ class Trainer:
             final = {
                 "test/accuracy": test["accuracy"],
                 "test/macro_f1": test["macro_f1"],
+                "test/knn_accuracy": test["knn_accuracy"],
                 "val/accuracy": results["val"]["accuracy"] if "val" in results else None,
                 "per_class": {name: {"precision": p, "recall": r, "f1": f} for name, p, r, f in
                               zip(self.data_cpu.class_names, test["precision"], test["recall"], test["f1"])},
@@ -547,8 +633,10 @@ class Trainer:
             "best": {k: v for k, v in self.best.items() if k != "score"},
             "train": self.last_train,
             "skipped_nonfinite_steps": self.health.skipped,
-            "reported_accuracy": "final test accuracy (EMA weights) after the last step; "
-                                 "best.pt is chosen on the validation split, never on the test set",
+            "reported_accuracy": "final test accuracy (EMA weights) after the last step"
+                                 + ("" if self.method.trains_classifier else
+                                    ", classifier = linear probe on the frozen features of the labeled images")
+                                 + "; best.pt is chosen on the validation split, never on the test set",
             "choices": self.choices,
             "run_dir": str(self.run_dir),
         }
@@ -561,19 +649,97 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None) -> dict:
-    """Trains one model as `cfg` says, writing everything into `run_dir`; returns the summary."""
+    """Trains one model as `cfg` says, writing everything into `run_dir`; returns the summary.
+
+    A method made of several stages (method=selfsup) trains each stage as its own run in a
+    sub-directory, one after the other, and the summary in `run_dir` reports all of them.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg, resume_state = resolve_resume(cfg)
     check_config(cfg)
-    if resume_state is None and (run_dir / LAST).exists():
+    if not cfg.get("resume") and any((run_dir / f).exists() for f in (LAST, STAGES)):
         raise UserError(f"{run_dir} already holds a run; continue it with resume={run_dir} or pick another run directory")
+    stages = METHODS.get(cfg.method.name).stages(cfg, run_dir)
+    if len(stages) == 1:
+        return run_stage(stages[0][1], run_dir, choices, resume_state)
+    return run_stages(cfg, stages, run_dir, choices)
+
+
+def run_stage(cfg: DictConfig, run_dir: Path, choices: Optional[dict], resume_state: Optional[dict]) -> dict:
     trainer = Trainer(cfg, run_dir, choices)
     if resume_state is not None:
-        check_model_info(resume_state.get("model_info", {}), trainer.state_dict()["model_info"], cfg.resume)
+        check_model_info(resume_state.get("model_info", {}), trainer.model_info(), cfg.resume)
         trainer.load_state_dict(resume_state)
         log.info("resuming from step %d of %d", trainer.step, cfg.trainer.max_steps)
     return trainer.fit()
+
+
+def run_stages(cfg: DictConfig, stages, run_dir: Path, choices: Optional[dict]) -> dict:
+    """Runs the stages in order; on resume, completed stages are kept and the unfinished one continues."""
+    if not cfg.get("resume"):
+        (run_dir / STAGES).write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
+                                                  "stages": [name for name, _ in stages]}, indent=2))
+    summaries: Dict[str, dict] = {}
+    for name, stage_cfg in stages:
+        stage_dir = run_dir / name
+        stage_dir.mkdir(exist_ok=True)
+        done = stage_dir / "summary.json"
+        if done.exists() and json.loads(done.read_text()).get("status") == "completed":
+            summaries[name] = json.loads(done.read_text())
+            continue
+        state = None
+        if (stage_dir / LAST).exists():
+            state = load_checkpoint(stage_dir / LAST)
+            stage_cfg.resume = str(stage_dir)
+        log.info("stage %s: method=%s, %d steps, in %s", name, stage_cfg.method.name,
+                 stage_cfg.trainer.max_steps, stage_dir)
+        summaries[name] = run_stage(stage_cfg, stage_dir, choices, state)
+        if summaries[name]["status"] != "completed":
+            break
+    last = summaries[list(summaries)[-1]]
+    summary = {**last, "method": cfg.method.name, "run_dir": str(run_dir), "stages": summaries,
+               "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 2),
+               "stage_methods": {name: stage_cfg.method.name for name, stage_cfg in stages}}
+    write_summary(run_dir, summary)
+    return summary
+
+
+# Backbone keys that say how to load the weights rather than what network to build.
+LOADING_KEYS = ("pretrained", "freeze_features")
+
+
+def pretrained_checkpoint(source) -> Path:
+    """The checkpoint behind `backbone.pretrained`: a .pt file, a run directory, or a selfsup run's directory."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        for candidate in (path / LAST, path / "pretrain" / LAST):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"backbone.pretrained={source}: no {LAST} in that directory (nor in its pretrain/); "
+                        f"give a run directory or a checkpoint file")
+    return path
+
+
+def load_pretrained(model: torch.nn.Module, source, model_info: dict) -> None:
+    """Starts `model` from another run's weights (its EMA weights where it kept them: what it evaluated).
+
+    The architecture, input channels and image size must match; the classifier is loaded too when the
+    class count matches (after pretraining it is the linear probe), else it keeps its fresh initialisation.
+    """
+    path = pretrained_checkpoint(source)
+    state = load_checkpoint(path)
+    saved = state.get("model_info", {})
+    check_model_info(saved, {k: v for k, v in model_info.items() if k != "num_classes"}, f"backbone.pretrained={source}")
+    weights = state.get("ema") or state["model"]
+    if saved.get("num_classes") != model_info["num_classes"]:
+        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.startswith("classifier.")]
+    if missing or unexpected:
+        raise UserError(f"backbone.pretrained={source}: the checkpoint's weights do not fit this backbone "
+                        f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    log.info("backbone starts from %s", path)
 
 
 def check_model_info(saved: dict, current: dict, source) -> None:

@@ -72,7 +72,10 @@ def test_every_option_builds(group, option, tmp_path):
     if group == "backbone" and option in ("wrn28_8", "resnet18"):
         overrides.append("trainer.batch_size=2")
     cfg = compose(overrides)
-    trainer = Trainer(cfg, tmp_path)
+    from ssl_cli.methods import METHODS
+
+    _, first_stage = METHODS.get(cfg.method.name).stages(cfg, tmp_path)[0]  # selfsup: its pretraining stage
+    trainer = Trainer(first_stage, tmp_path)
     metrics = trainer.train_step(0)
     assert metrics["loss"].isfinite()
 
