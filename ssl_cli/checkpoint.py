@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,4 +36,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a checkpoint, or holding objects that are not plain data
-        raise UserError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+        text = (str(e).splitlines() or [""])[0][:200]
+        if not zipfile.is_zipfile(path):  # what torch.save writes is a zip archive; this is something else
+            text = f"not a PyTorch checkpoint, or a damaged one ({type(e).__name__}: {text})"
+        raise UserError(f"cannot load checkpoint {path}: {text}") from None

@@ -6,6 +6,7 @@ Bad input of any kind ends with one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import sys
@@ -58,8 +59,14 @@ def fail(message: str) -> None:
 def _write_failed_summary(run_dir: Path, cfg: DictConfig, error: str, choices: dict) -> None:
     from ssl_cli.train import write_summary
 
-    if (run_dir / "summary.json").exists():  # never overwrite what an earlier run wrote
-        return
+    existing = run_dir / "summary.json"
+    if existing.exists():  # never overwrite what an earlier run wrote; an earlier failure gives way to this one
+        try:
+            status = json.loads(existing.read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status != "failed":
+            return
     write_summary(run_dir, {"status": "failed", "error": error, "method": OmegaConf.select(cfg, "method.name"),
                             "dataset": OmegaConf.select(cfg, "dataset.name"), "seed": OmegaConf.select(cfg, "seed"),
                             "num_labels": OmegaConf.select(cfg, "dataset.num_labels"), "choices": choices,
@@ -162,28 +169,17 @@ class SweepChecks(Callback):
 
 
 def _check_composes(argv) -> None:
-    """Composes the config once before Hydra does, to turn composition errors into one line.
+    """Checks the command line before Hydra starts (see ssl_cli.preflight): one line for anything wrong.
 
-    Sweeps (-m) are left to Hydra: their comma lists are not plain overrides.
+    Nothing is written before this passes: Hydra creates the run directory only afterwards, so a bad
+    override never leaves an empty run directory behind and an earlier run is never overwritten.
     """
-    if any(a in ("-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--version", "-c", "--cfg",
-                 "-p", "--package", "-sc", "--shell-completion") or a.startswith("--") for a in argv):
-        return
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from ssl_cli.preflight import check_command_line
 
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name=CONFIG_NAME, overrides=list(argv), return_hydra_config=True)
-            run_dir = Path(str(cfg.hydra.run.dir))
-            resume = cfg.get("resume")
-    except Exception as e:  # composition errors come in several Hydra and OmegaConf types
+        check_command_line(list(argv))
+    except UserError as e:
         fail(one_line(e))
-    finally:
-        GlobalHydra.instance().clear()
-    # Checked before Hydra writes its .hydra/ files there: an earlier run is never overwritten.
-    if not resume and any((run_dir / f).exists() for f in ("summary.json", "last.pt")):
-        fail(f"{run_dir} already holds a run; continue it with resume={run_dir} or pick another hydra.run.dir")
 
 
 def main() -> None:

@@ -254,10 +254,34 @@ def load_stl10(root: Optional[str] = None, download: bool = False, use_unlabeled
 # --------------------------------------------------------------------------- image folders
 
 
+def _unreadable(e: OSError, path: Path) -> UserError:
+    what = "permission denied" if isinstance(e, PermissionError) else (e.strerror or type(e).__name__)
+    return UserError(f"cannot read {e.filename or path}: {what} (every folder and image under dataset.root "
+                     f"must be readable by this user)")
+
+
+def _class_names(split_dir: Path) -> List[str]:
+    try:
+        return sorted(d.name for d in split_dir.iterdir() if not d.name.startswith(".") and d.is_dir())
+    except OSError as e:  # an unreadable folder, or one that vanished while we looked
+        raise _unreadable(e, split_dir) from None
+
+
+def _list_files(folder: Path) -> List[Path]:
+    """Every non-hidden file under `folder`; an unreadable sub-folder is an error, not silently skipped."""
+    files: List[Path] = []
+
+    def fail(e: OSError):
+        raise _unreadable(e, folder)
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return sorted(p for p in files if p.is_file())
+
+
 def _list_class_folder(split_dir: Path) -> Dict[str, List[Path]]:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return {c: sorted(p for p in (split_dir / c).rglob("*") if p.is_file() and not p.name.startswith("."))
-            for c in classes}
+    return {c: _list_files(split_dir / c) for c in _class_names(split_dir)}
 
 
 def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional[Tuple[int, int]]) -> Tuple[List[Optional[torch.Tensor]], List[str]]:
@@ -301,6 +325,59 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SSL_CLI_CACHE", Path.home() / ".cache" / "ssl-cli"))
 
 
+IMAGE_FOLDER_LAYOUT = "<root>/train/<class>/<image> (and optionally <root>/test/<class>/<image>)"
+
+
+def _image_folder_layout(root) -> Tuple[Path, Path, Optional[Path]]:
+    """(root, root/train, root/test or None), or a one-line error saying what is missing."""
+    path = _require_root(root, "imagefolder", IMAGE_FOLDER_LAYOUT)
+    try:
+        if not path.exists():
+            raise UserError(f"dataset folder {path} does not exist; expected {IMAGE_FOLDER_LAYOUT}")
+        if not path.is_dir():
+            raise UserError(f"dataset.root={path} is a file, not a folder; expected {IMAGE_FOLDER_LAYOUT}")
+        if not (path / "train").is_dir():
+            raise UserError(f"no train/ folder in {path}; expected {IMAGE_FOLDER_LAYOUT}")
+        return path, path / "train", path / "test" if (path / "test").is_dir() else None
+    except OSError as e:  # e.g. a parent folder this user may not enter
+        raise _unreadable(e, path) from None
+
+
+def describe_image_folder(root, image_size=None, channels=None) -> Optional[dict]:
+    """What a model trained on this folder looks like, without decoding it: number of classes, channels
+    and image size (from the first readable image's header). None where that cannot be told cheaply."""
+    try:
+        path, train_dir, _ = _image_folder_layout(root)
+        classes = _class_names(train_dir)
+    except UserError:
+        return None  # loading the folder will report what is wrong
+    from PIL import Image
+
+    shape = None
+    for c in classes:
+        for f in _list_files_quietly(train_dir / c):
+            try:
+                with Image.open(f) as img:
+                    shape = (1 if img.mode == "L" else 3, img.size[1], img.size[0])
+                break
+            except Exception:  # unreadable files are skipped by the loader too
+                continue
+        if shape is not None:
+            break
+    if shape is None:
+        return None
+    in_channels = channels if channels in (1, 3) else shape[0]
+    hw = [int(image_size), int(image_size)] if image_size else [shape[1], shape[2]]
+    return {"num_classes": len(classes), "in_channels": in_channels, "image_size": hw}
+
+
+def _list_files_quietly(folder: Path):
+    try:
+        yield from _list_files(folder)
+    except UserError:
+        return
+
+
 @DATASETS.register("imagefolder")
 def load_image_folder(
     root: Optional[str] = None,
@@ -319,28 +396,31 @@ def load_image_folder(
     `streaming`, nothing is decoded here: the images stay in their files and `num_workers` DataLoader
     workers decode each step's batch during training (ssl_cli.stream).
     """
-    layouts = "<root>/train/<class>/<image> (and optionally <root>/test/<class>/<image>)"
-    path = _require_root(root, "imagefolder", layouts)
-    if not path.is_dir():
-        raise UserError(f"dataset folder {path} does not exist; expected {layouts}")
+    path, train_dir, test_dir = _image_folder_layout(root)
     if bad_images not in ("error", "skip"):
         raise UserError(f"dataset.bad_images must be 'error' or 'skip', got {bad_images!r}")
-    train_dir = path / "train" if (path / "train").is_dir() else None
-    if train_dir is None:
-        raise UserError(f"no train/ folder in {path}; expected {layouts}")
+    if channels not in (None, 1, 3):
+        raise UserError(f"dataset.channels must be 1, 3 or null (as stored), got {channels!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise UserError(f"dataset.image_size must be a positive integer or null, got {image_size!r}")
     size = (int(image_size), int(image_size)) if image_size else None
-    splits = {"train": _list_class_folder(train_dir)}
-    if (path / "test").is_dir():
-        splits["test"] = _list_class_folder(path / "test")
-    class_names = sorted(splits["train"])
+    class_names = _class_names(train_dir)
     if not class_names:
-        raise UserError(f"no class folders in {train_dir}; expected {layouts}")
-    for split, classes in splits.items():
-        for c, files in classes.items():
-            if not files and split == "train":
-                raise UserError(f"class folder {path / split / c} holds no images; every class needs training images")
-            if c not in class_names:
-                raise UserError(f"class '{c}' is in {path / split} but not in {train_dir}; every class needs training images")
+        raise UserError(f"no class folders in {train_dir}; expected {IMAGE_FOLDER_LAYOUT}")
+    if test_dir is not None:  # checked before any file is listed: a test-only class is a layout error
+        extra = [c for c in _class_names(test_dir) if c not in class_names]
+        if extra:
+            raise UserError(f"class folder{'s' if len(extra) > 1 else ''} {', '.join(repr(c) for c in extra[:5])} "
+                            f"{'are' if len(extra) > 1 else 'is'} in {test_dir} but not in {train_dir}; every "
+                            f"class needs training images (classes in train/: {', '.join(class_names[:10])}"
+                            f"{', ...' if len(class_names) > 10 else ''})")
+    splits = {"train": _list_class_folder(train_dir)}
+    if test_dir is not None:
+        splits["test"] = _list_class_folder(test_dir)
+    for c, files in splits["train"].items():
+        if not files:
+            raise UserError(f"class folder {train_dir / c} holds no images; every class needs training images "
+                            f"(add images or remove the folder)")
     if streaming:
         from ssl_cli.stream import folder_image_data
 
@@ -351,11 +431,10 @@ def load_image_folder(
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache_file = cache_root / f"imagefolder-{_cache_key(path, all_files, size, channels)}.pt"
     payload = None
-    if cache_file.exists():
-        try:
-            payload = torch.load(cache_file, weights_only=True)
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            payload = None
+    try:
+        payload = torch.load(cache_file, weights_only=True) if cache_file.is_file() else None
+    except Exception:  # a damaged or unreadable cache is rebuilt, never trusted
+        payload = None
     if payload is None:
         payload = _decode_splits(path, splits, class_names, channels, size, test_fraction, split_seed)
         _write_cache(cache_file, payload)

@@ -24,20 +24,31 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                    nesterov: bool = True, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+def check_optimizer_options(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                            nesterov: bool = True, betas=(0.9, 0.999)) -> None:
+    """The `optim` group's values, checked before anything is built (also from config.check_config)."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
     if not lr > 0:
         raise UserError(f"optim.lr must be > 0, got {lr}")
     if weight_decay < 0:
         raise UserError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+    if name == "sgd" and not 0 <= momentum < 1:
+        raise UserError(f"optim.momentum must be in [0, 1), got {momentum}")
+    if name in ("adam", "adamw"):
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {list(betas)}")
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                    nesterov: bool = True, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+    check_optimizer_options(name, lr, weight_decay, momentum, nesterov, betas)
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas))
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-    raise UserError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
 
 
 def lr_factor(step: int, schedule: str, max_steps: int, warmup_steps: int = 0) -> float:

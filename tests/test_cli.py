@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ssl_train, write_image_folder
+from conftest import assert_one_line_error, run_cli, snapshot, ssl_train, write_image_folder
 
 SMOKE = ["debug=smoke"]
 
@@ -51,22 +51,44 @@ def test_smoke_on_digits(method, tmp_path):
     assert 0.0 <= summary["final"]["test/accuracy"] <= 1.0
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
-    common = SMOKE + ["method=fixmatch", "trainer.deterministic=true", "trainer.max_steps=8",
-                      "trainer.eval_every=2", "trainer.checkpoint_every=2"]
-    run_ok(common + ["hydra.run.dir=full"], tmp_path)
-    stopped = run_ok(common + ["trainer.stop_at_step=5", "hydra.run.dir=part"], tmp_path)
+METHODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "method").glob("*.yaml"))
+# Short stages for methods trained in several (selfsup: pretraining, then fine-tuning).
+STAGED = {"selfsup": ["method.pretrain_steps=4", "method.pretrain_batch_size=8"]}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(method, tmp_path):
+    """Stopped at step 5 of 8 and resumed, every method ends with exactly the metrics of an uninterrupted run.
+
+    In-process (conftest.run_cli) for speed; test_fault_tolerance.py kills real processes.
+    """
+    common = SMOKE + [f"method={method}", "trainer.deterministic=true", "trainer.max_steps=8", "trainer.eval_every=2",
+                      "trainer.checkpoint_every=2", "trainer.num_threads=1", "trainer.progress_bar=false",
+                      *STAGED.get(method, [])]
+    code, _, err = run_cli(common + ["hydra.run.dir=full"], tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(common + ["trainer.stop_at_step=5", "hydra.run.dir=part"], tmp_path)
+    assert code == 0, err
     part = tmp_path / "part"
     assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
-    run_ok([f"resume={part}"], tmp_path)
+    code, _, err = run_cli([f"resume={part}"], tmp_path)
+    assert code == 0, err
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     resumed = json.loads((part / "summary.json").read_text())
     assert resumed["status"] == "completed" and resumed["step"] == 8
     assert resumed["final"] == full["final"]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
-    read = lambda d: strip([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()])  # noqa: E731
-    assert read(part) == read(tmp_path / "full")
+    assert metric_rows(part) == metric_rows(tmp_path / "full")
     assert (part / ".hydra" / "config.yaml").exists() and (part / ".hydra-resume" / "config.yaml").exists()
+
+
+def metric_rows(run_dir: Path) -> dict:
+    """Every metrics.jsonl of a run (one per stage for methods trained in stages), without timings."""
+    rows = {}
+    for path in sorted(run_dir.rglob("metrics.jsonl")):
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        rows[str(path.relative_to(run_dir))] = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in lines]
+    assert rows, f"no metrics.jsonl under {run_dir}"
+    return rows
 
 
 def test_labeled_indices_can_be_reused(tmp_path):
@@ -141,6 +163,59 @@ def test_bad_input_leaves_earlier_runs_untouched(tmp_path):
     assert r.returncode == 2
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert before == after
+
+
+FAST = SMOKE + ["method=supervised", "trainer.num_threads=1", "trainer.progress_bar=false"]
+
+
+@pytest.mark.parametrize("how", ["interrupted", "killed"])
+def test_a_stopped_run_is_never_overwritten(how, tmp_path):
+    code, _, err = run_cli(FAST + ["trainer.stop_at_step=3", "hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    if how == "killed":  # kill -9 leaves a checkpoint and metrics, but no summary
+        (tmp_path / "run" / "summary.json").unlink()
+    before = snapshot(tmp_path / "run")
+    code, _, err = run_cli(FAST + ["hydra.run.dir=run"], tmp_path)
+    assert_one_line_error(code, err, "already holds a run (last.pt); continue it with resume=")
+    assert snapshot(tmp_path / "run") == before
+
+
+def test_a_failed_attempt_can_be_retried_in_its_directory(tmp_path):
+    """A run that failed before training (bad data) left nothing to lose: the same command may run again."""
+    root = tmp_path / "images"
+    args = FAST + ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=3", "dataset.num_validation=0",
+                   "hydra.run.dir=run"]
+    code, _, err = run_cli(args, tmp_path)
+    assert_one_line_error(code, err, f"dataset folder {root} does not exist")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    (root / "train").mkdir(parents=True)
+    code, _, err = run_cli(args, tmp_path)  # still bad data: the newer failure is the one recorded
+    assert_one_line_error(code, err, f"no class folders in {root / 'train'}")
+    assert "no class folders" in json.loads((tmp_path / "run" / "summary.json").read_text())["error"]
+    write_image_folder(root, per_class=4, size=8)
+    code, _, err = run_cli(args, tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_never_overwrites_an_earlier_sweep(tmp_path):
+    args = ["-m", "seed=0", "hydra.sweep.dir=sweep", *FAST, "trainer.max_steps=2"]
+    code, _, err = run_cli(args, tmp_path)
+    assert code == 0, err
+    before = snapshot(tmp_path / "sweep")
+    assert any(name.endswith("summary.json") for name in map(str, before))
+    code, _, err = run_cli(args, tmp_path)
+    assert_one_line_error(code, err, "sweep already holds an earlier sweep")
+    assert snapshot(tmp_path / "sweep") == before
+
+
+@pytest.mark.parametrize("run_dir,message", [("afile", "is a file, not a directory"),
+                                             ("afile/sub", "cannot create it"), ("''", "hydra.run.dir is empty")])
+def test_a_run_directory_that_cannot_be_made_gives_one_line(run_dir, message, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    code, _, err = run_cli(FAST + [f"hydra.run.dir={run_dir}"], tmp_path)
+    assert_one_line_error(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_installed_command_runs_from_another_directory(tmp_path):

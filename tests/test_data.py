@@ -102,3 +102,24 @@ def test_every_registered_dataset_has_a_config():
 
     yamls = {p.stem for p in (Path(ssl_cli.configs.__file__).parent / "dataset").glob("*.yaml")}
     assert set(DATASETS.names()) == yamls
+
+
+def test_describe_image_folder_reads_headers_only(tmp_path):
+    from ssl_cli.data import describe_image_folder
+
+    root = write_image_folder(tmp_path / "f", classes=("a", "b", "c", "d"), per_class=2, size=10)
+    assert describe_image_folder(str(root)) == {"num_classes": 4, "in_channels": 3, "image_size": [10, 10]}
+    assert describe_image_folder(str(root), image_size=16, channels=1) == \
+        {"num_classes": 4, "in_channels": 1, "image_size": [16, 16]}
+    assert describe_image_folder(str(tmp_path / "missing")) is None
+
+
+def test_image_folder_layout_errors_name_the_folder(tmp_path):
+    root = write_image_folder(tmp_path / "f", per_class=2, size=8)
+    (root / "test" / "bird").mkdir()
+    with pytest.raises(UserError, match=r"'bird' is in .*test but not in .*train"):
+        load_dataset("imagefolder", root=str(root), cache_dir=str(tmp_path / "cache"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        load_dataset("imagefolder", root=str(afile))

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose, ssl_train
+from conftest import (assert_one_line_error, compose, run_cli, snapshot, ssl_train,
+                      write_image_folder)
 from ssl_cli.checkpoint import load_checkpoint, save_checkpoint
 from ssl_cli.errors import UserError
 from ssl_cli.train import LAST, Trainer
@@ -182,3 +184,222 @@ def test_non_finite_loss_can_be_skipped(tmp_path):
     summary = trainer.fit()
     assert summary["status"] == "completed" and summary["skipped_nonfinite_steps"] == 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# --------------------------------------------------------------------------- hostile input
+# Each bad input stops with one line on stderr and exit code 2, and leaves every earlier run as it was.
+# These run ssl-train in-process (conftest.run_cli): the same code path as the command, in a fraction of
+# the time; the command itself is exercised above and in test_cli.py / test_fuzz.py.
+
+FAST = ["debug=smoke", "trainer.num_threads=1", "trainer.progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """A completed run next to which every bad command below runs; none may change it."""
+    root = tmp_path_factory.mktemp("earlier")
+    code, _, err = run_cli(FAST + ["method=supervised", "hydra.run.dir=run"], root)
+    assert code == 0, err
+    return root / "run"
+
+
+def refused(args, cwd: Path, earlier: Path, *fragments) -> str:
+    """Runs `ssl-train <args>`; asserts one line naming `fragments`, exit 2, and `earlier` untouched."""
+    before = snapshot(earlier)
+    code, _, err = run_cli(args, cwd)
+    line = assert_one_line_error(code, err, *fragments)
+    assert snapshot(earlier) == before
+    return line
+
+
+def folder_args(root: Path, run_dir: str = "run") -> list:
+    return FAST + ["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=3", "dataset.num_validation=0",
+                   "method=supervised", "trainer.batch_size=4", f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CLI_CACHE", str(tmp_path / "cache"))  # decoded afresh: nothing cached
+    return write_image_folder(tmp_path / "images", per_class=4, size=12)
+
+
+@pytest.mark.parametrize("content", ["nothing", "hidden files", "an empty sub-folder"])
+def test_image_folder_with_an_empty_class_folder(content, folder, tmp_path, earlier_run):
+    empty = folder / "train" / "bird"
+    empty.mkdir()
+    if content == "hidden files":
+        (empty / ".DS_Store").write_bytes(b"\0")
+    elif content == "an empty sub-folder":
+        (empty / "more").mkdir()
+    refused(folder_args(folder), tmp_path, earlier_run, f"class folder {empty} holds no images",
+            "every class needs training images")
+
+
+def test_class_only_in_the_test_folder(folder, tmp_path, earlier_run):
+    only_test = folder / "test" / "bird"
+    only_test.mkdir()
+    (folder / "test" / "cat" / "000.png").rename(only_test / "000.png")
+    refused(folder_args(folder), tmp_path, earlier_run, "'bird' is in", f"{folder / 'test'} but not in",
+            str(folder / "train"), "classes in train/: cat, dog, frog")
+
+
+def _deny(monkeypatch, denied: Path) -> None:
+    """Reading `denied` (a folder or a file) fails with EACCES, as without read permission."""
+    import builtins
+
+    denied = str(denied)
+
+    def guard(fn):
+        def wrapper(path=".", *args, **kwargs):
+            if str(os.fspath(path)) == denied:
+                raise PermissionError(errno.EACCES, "Permission denied", denied)
+            return fn(path, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(os, "scandir", guard(os.scandir))
+    monkeypatch.setattr(os, "listdir", guard(os.listdir))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open))
+
+
+@pytest.mark.parametrize("what", ["train folder", "test folder", "class folder", "nested folder", "image file"])
+def test_unreadable_folder_or_image(what, folder, tmp_path, earlier_run, monkeypatch):
+    (folder / "train" / "dog" / "more").mkdir()
+    denied = {"train folder": folder / "train", "test folder": folder / "test", "class folder": folder / "train" / "dog",
+              "nested folder": folder / "train" / "dog" / "more",
+              "image file": folder / "train" / "cat" / "001.png"}[what]
+    _deny(monkeypatch, denied)
+    refused(folder_args(folder), tmp_path, earlier_run, f"cannot read {denied}: permission denied")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="running as root: chmod 000 does not stop root from reading (simulated above instead)")
+@pytest.mark.parametrize("what", ["class folder", "image file"])
+def test_unreadable_folder_or_image_for_real(what, folder, tmp_path, earlier_run):
+    denied = folder / "train" / "dog" if what == "class folder" else folder / "train" / "cat" / "001.png"
+    denied.chmod(0)
+    try:
+        refused(folder_args(folder), tmp_path, earlier_run, f"cannot read {denied}: permission denied")
+    finally:
+        denied.chmod(0o755)
+
+
+# -- resuming with a checkpoint that does not fit
+
+
+@pytest.fixture(scope="module")
+def stopped_synthetic(tmp_path_factory):
+    """A synthetic-data run stopped at step 3 of 6, with a resumable last.pt."""
+    root = tmp_path_factory.mktemp("stopped")
+    code, _, err = run_cli(FAST + ["method=supervised", "trainer.stop_at_step=3", "hydra.run.dir=run"], root)
+    assert code == 0, err
+    return root / "run"
+
+
+@pytest.fixture
+def stopped(stopped_synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_synthetic, run_dir)
+    return run_dir
+
+
+def refused_resume(args, run_dir: Path, *fragments) -> str:
+    """A resume that must be refused before anything in the run directory changes (.hydra-resume included)."""
+    return refused([f"resume={run_dir}", *args], run_dir.parent, run_dir, *fragments)
+
+
+@pytest.mark.parametrize("override,what", [
+    ("backbone=wrn28_2", "backbone=wrn28_2 (the checkpoint has backbone=cnn)"),
+    ("dataset.num_classes=5", "dataset.num_classes=5 (the checkpoint has dataset.num_classes=4)"),
+    ("dataset.image_size=32", "dataset.image_size=32 (the checkpoint has dataset.image_size=16)"),
+    ("dataset.channels=1", "dataset.channels=1 (the checkpoint has dataset.channels=3)"),
+    ("method=fixmatch", "method=fixmatch (the checkpoint has method=supervised)"),
+    ("optim.lr=0.5", "optim.lr=0.5 (the checkpoint has optim.lr=0.03)"),
+], ids=["backbone", "class count", "image size", "channels", "method", "learning rate"])
+def test_resume_refuses_overrides_that_contradict_the_checkpoint(override, what, stopped):
+    line = refused_resume(FAST + [override], stopped, what)
+    assert "Only trainer.device and trainer.stop_at_step may change on resume" in line
+
+
+def test_resume_accepts_the_original_command_line_again(stopped):
+    """Repeating the overrides the run started with (plus resume=) is not a contradiction."""
+    code, _, err = run_cli(FAST + ["method=supervised", "trainer.stop_at_step=4", f"resume={stopped}"], stopped.parent)
+    assert code == 0, err
+    assert json.loads((stopped / "summary.json").read_text())["step"] == 4
+
+
+def _tamper(run_dir: Path, change) -> None:
+    state = load_checkpoint(run_dir / LAST)
+    change(state)
+    save_checkpoint(state, run_dir / LAST)
+
+
+def test_resume_refuses_a_checkpoint_holding_another_backbone(stopped):
+    from ssl_cli.backbones import build_backbone
+
+    other = build_backbone("wrn28_2", 3, 4, (16, 16)).state_dict()
+    _tamper(stopped, lambda s: s.update(model=other))
+    refused_resume([], stopped, "weights are not those of the cnn for 4 classes of 3x16x16 images",
+                   "weight(s) of the model missing")
+
+
+def test_resume_refuses_a_checkpoint_for_another_class_count(stopped):
+    def five_classes(state):
+        w = state["model"]["classifier.weight"]
+        state["model"]["classifier.weight"] = torch.zeros(5, w.shape[1])
+        state["model"]["classifier.bias"] = torch.zeros(5)
+
+    _tamper(stopped, five_classes)
+    refused_resume([], stopped, f"classifier.weight is [5, {load_checkpoint(stopped / LAST)['model']['classifier.weight'].shape[1]}]"
+                   " in the checkpoint, [4, ")
+
+
+def test_resume_refuses_a_checkpoint_for_another_input_shape(stopped):
+    def grey(state):
+        first = next(k for k, v in state["model"].items() if v.ndim == 4)  # the first convolution
+        w = state["model"][first]
+        state["model"][first] = torch.zeros(w.shape[0], 1, *w.shape[2:])
+
+    _tamper(stopped, grey)
+    refused_resume([], stopped, "in the checkpoint", "in the model")
+
+
+@pytest.mark.parametrize("content", ["a plain tensor", "a dict of numbers", "not a checkpoint at all"])
+def test_resume_refuses_a_file_that_is_not_a_run_checkpoint(content, stopped):
+    path = stopped / LAST
+    if content == "a plain tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "a dict of numbers":
+        torch.save({"step": 1}, path)
+    else:
+        path.write_text("hello")
+    refused_resume([], stopped, f"resume={stopped}")
+
+
+@pytest.fixture
+def stopped_folder_run(folder, tmp_path):
+    """An image-folder run (3 classes of 3x12x12 images) stopped at step 2 of 6."""
+    code, _, err = run_cli(folder_args(folder, str(tmp_path / "run")) + ["trainer.stop_at_step=2"], tmp_path)
+    assert code == 0, err
+    return folder, tmp_path / "run"
+
+
+def test_resume_refuses_data_with_another_class_count(stopped_folder_run):
+    folder, run_dir = stopped_folder_run
+    write_image_folder(folder, classes=("cat", "dog", "frog", "bird"), per_class=4, size=12)
+    refused_resume([], run_dir, "num_classes 3 in the checkpoint, 4 now", f"the data in {folder}")
+
+
+@pytest.mark.parametrize("change,what", [
+    ({"size": 16}, "image_size [12, 12] in the checkpoint, [16, 16] now"),
+    ({"grey": True}, "in_channels 3 in the checkpoint, 1 now"),
+], ids=["image size", "channels"])
+def test_resume_refuses_data_with_another_input_shape(change, what, stopped_folder_run):
+    folder, run_dir = stopped_folder_run
+    shutil.rmtree(folder)
+    write_image_folder(folder, per_class=4, size=change.get("size", 12))
+    if change.get("grey"):
+        from PIL import Image
+
+        for p in folder.rglob("*.png"):
+            Image.open(p).convert("L").save(p)
+    refused_resume([], run_dir, what)
