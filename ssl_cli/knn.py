@@ -41,7 +41,10 @@ def fit_linear_probe(classifier: nn.Linear, features: torch.Tensor, labels: torc
     standardisation, so the classifier then takes raw features like any other.
     """
     x = features.detach().float()
-    mean, scale = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    mean, scale = x.mean(dim=0), x.std(dim=0)
+    # Features (almost) constant on the bank, such as ReLU units that never fire on it, are left out:
+    # dividing by their tiny spread would give them huge weights that explode on other images.
+    scale = torch.where(scale > 1e-3 * scale.max().clamp_min(1e-12), scale, torch.full_like(scale, float("inf")))
     xs = (x - mean) / scale
     weight = torch.zeros(classifier.out_features, x.shape[1], device=x.device, requires_grad=True)
     bias = torch.zeros(classifier.out_features, device=x.device, requires_grad=True)

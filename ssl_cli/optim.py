@@ -29,10 +29,11 @@ def check_optimizer_options(name: str, lr: float, weight_decay: float = 0.0, mom
     """The `optim` group's values, checked before anything is built (also from config.check_config)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer '{name}'; choose one of: {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise UserError(f"optim.lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise UserError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+    # Upper bounds far beyond any useful value: they keep float32 arithmetic in the optimiser finite.
+    if not 0 < lr <= 10:
+        raise UserError(f"optim.lr must be in (0, 10], got {lr}")
+    if not 0 <= weight_decay < 1:
+        raise UserError(f"optim.weight_decay must be in [0, 1), got {weight_decay}")
     if name == "sgd" and not 0 <= momentum < 1:
         raise UserError(f"optim.momentum must be in [0, 1), got {momentum}")
     if name in ("adam", "adamw"):

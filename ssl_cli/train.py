@@ -718,22 +718,23 @@ def pretrained_checkpoint(source) -> Path:
                 return candidate
         raise UserError(f"backbone.pretrained={source}: no {LAST} in that directory (nor in its pretrain/); "
                         f"give a run directory or a checkpoint file")
+    if not path.is_file():
+        raise UserError(f"backbone.pretrained={source}: no such file or directory; give a run directory or a "
+                        f"checkpoint file (.pt)")
     return path
 
 
 def load_pretrained(model: torch.nn.Module, source, model_info: dict) -> None:
-    """Starts `model` from another run's weights (its EMA weights where it kept them: what it evaluated).
-
-    The architecture, input channels and image size must match; the classifier is loaded too when the
-    class count matches (after pretraining it is the linear probe), else it keeps its fresh initialisation.
+    """Starts `model`'s features from another run's weights (its EMA weights where it kept them: what it
+    evaluated). The architecture, input channels and image size must match. The classifier keeps its
+    fresh initialisation, the usual fine-tuning protocol: the other run's classifier was trained (or,
+    after pretraining, fitted as a probe) on features in eval mode, and a new head adapts more safely.
     """
     path = pretrained_checkpoint(source)
     state = load_checkpoint(path)
     saved = state.get("model_info", {})
     check_model_info(saved, {k: v for k, v in model_info.items() if k != "num_classes"}, f"backbone.pretrained={source}")
-    weights = state.get("ema") or state["model"]
-    if saved.get("num_classes") != model_info["num_classes"]:
-        weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+    weights = {k: v for k, v in (state.get("ema") or state["model"]).items() if not k.startswith("classifier.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:

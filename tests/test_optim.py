@@ -28,8 +28,10 @@ def test_unknown_schedule_and_optimizer():
         lr_factor(0, "step", 10)
     with pytest.raises(UserError, match="unknown optimizer"):
         build_optimizer(nn.Linear(2, 2), "lamb", lr=0.1)
-    with pytest.raises(UserError, match="lr must be > 0"):
+    with pytest.raises(UserError, match=r"lr must be in \(0, 10\]"):
         build_optimizer(nn.Linear(2, 2), "sgd", lr=0.0)
+    with pytest.raises(UserError, match=r"weight_decay must be in \[0, 1\)"):
+        build_optimizer(nn.Linear(2, 2), "sgd", lr=0.1, weight_decay=1e308)  # found by the fuzz test
 
 
 def test_ema_decay_warmup():
