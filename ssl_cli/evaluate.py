@@ -8,21 +8,6 @@ import torch
 
 
 @torch.no_grad()
-def predict(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
-            batch_size: int, autocast) -> torch.Tensor:
-    """Predicted class of every image; `prepare` turns a uint8 batch into the model's input."""
-    was_training = model.training
-    model.eval()
-    preds = []
-    for start in range(0, images_uint8.shape[0], batch_size):
-        with autocast():
-            logits = model(prepare(images_uint8[start:start + batch_size]))
-        preds.append(logits.argmax(dim=1))
-    model.train(was_training)
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=images_uint8.device)
-
-
-@torch.no_grad()
 def embed(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
           batch_size: int, autocast) -> torch.Tensor:
     """The backbone's features [N, feature_dim] (float32) of every image, in eval mode."""
@@ -36,6 +21,19 @@ def embed(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], t
     if out:
         return torch.cat(out)
     return torch.zeros(0, model.classifier.in_features, device=images_uint8.device)
+
+
+@torch.no_grad()
+def predict(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+            batch_size: int, autocast) -> torch.Tensor:
+    """Predicted class of every image: the classifier on `embed`'s features."""
+    return classify(model, embed(model, images_uint8, prepare, batch_size, autocast))
+
+
+@torch.no_grad()
+def classify(model, features: torch.Tensor) -> torch.Tensor:
+    """Predicted class from the backbone's features (embed, then the linear classifier)."""
+    return model.classifier(features.to(model.classifier.weight.dtype)).argmax(dim=1)
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from ssl_cli.checkpoint import load_checkpoint, save_checkpoint
 from ssl_cli.config import check_config, split_options
 from ssl_cli.data import ImageData, load_dataset
 from ssl_cli.errors import UserError
-from ssl_cli.evaluate import classification_metrics, embed
+from ssl_cli.evaluate import classification_metrics, classify, embed
 from ssl_cli.knn import fit_linear_probe, knn_predict
 from ssl_cli.methods import METHODS, Batch, Method, build_method
 from ssl_cli.optim import EMA, build_optimizer, build_scheduler
@@ -504,8 +504,7 @@ class Trainer:
             sets["val"] = (d.images[d.validation], d.labels[d.validation])
         for name, (images, labels) in sets.items():
             features = embed(model, images, self.batches.prepare, bs, self.autocast)
-            with torch.no_grad():
-                preds = model.classifier(features.to(model.classifier.weight.dtype)).argmax(dim=1)
+            preds = classify(model, features)
             results[name] = classification_metrics(preds, labels, num_classes)
             knn = knn_predict(bank, bank_labels, features, num_classes, self.knn_k, self.knn_temperature)
             results[name]["knn_accuracy"] = (knn == labels).float().mean().item() if len(labels) else 0.0
