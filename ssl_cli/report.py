@@ -394,11 +394,14 @@ def print_report(report: Report, title: str) -> None:
     with_val = any(r["val_accuracy_mean"] is not None for r in rows)
     table = Table(title=title, caption=f"test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
                                             f"PL acc: pseudo-label accuracy on the unlabeled images")
-    columns = ["labels", "method", "test acc (mean ± std)", "runs", "vs sup."]
+    columns = ["labels", "method", "test acc", "runs", "vs sup."]
     columns += ["val acc"] if with_val else []
     columns += ["mask rate", "PL acc"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "method" else "right")
+        if col == "method":  # a variant's settings must stay readable in a narrow terminal: wrap, never cut
+            table.add_column(col, justify="left", overflow="fold")
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         cells = [str(r["num_labels"]), escape(display_name(r["method"], r["variant"])), _mean_std(r), str(r["runs"]),
                  _delta(r["vs_supervised"])]
