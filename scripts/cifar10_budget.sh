@@ -24,10 +24,12 @@ ssl-train $VAL method=fixmatch method.confidence_threshold=0.6 method.unlabeled_
     hydra.run.dir=$OUT/c10_val/fixmatch_r7_t0.6_2000 )
 wait
 
-# 3. The chosen setting (experiment=fixmatch_cifar10_cpu) on a fresh seed, no validation split, all
+# 3. The chosen setting (experiment=fixmatch_cifar10_cpu) on fresh seeds, no validation split, all
 #    training images; supervised with the same seed, split and steps.
-ssl-train $DATA seed=1 method=supervised trainer.max_steps=6000 trainer.eval_every=500 trainer.num_threads=1 \
-  hydra.run.dir=$OUT/c10_final/supervised_seed1
-ssl-train $DATA seed=1 experiment=fixmatch_cifar10_cpu hydra.run.dir=$OUT/c10_final/fixmatch_seed1
+for SEED in 1 2; do
+  ssl-train $DATA seed=$SEED method=supervised trainer.max_steps=6000 trainer.eval_every=500 trainer.num_threads=1 \
+    hydra.run.dir=$OUT/c10_final/supervised_seed$SEED
+  ssl-train $DATA seed=$SEED experiment=fixmatch_cifar10_cpu hydra.run.dir=$OUT/c10_final/fixmatch_seed$SEED
+done
 
-python "$(dirname "$0")/curves.py" --every 1000 $OUT/c10_final/fixmatch_seed1 $OUT/c10_final/supervised_seed1
+python "$(dirname "$0")/curves.py" --every 1000 --metric test/accuracy $OUT/c10_final/*_seed[12]
