@@ -14,25 +14,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ssl_cli.apps.train as ssl_train_cli
+from ssl_cli.engine import config as engine_config
+from ssl_cli.engine.trainer import Trainer
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compose(overrides: List[str]):
     """The config `ssl-train <overrides>` would run with (Hydra's compose API, no run directory)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    return engine_config.compose(list(overrides))
 
-    import ssl_cli.cli  # noqa: F401  (registers the resolvers the config uses)
 
-    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides)
-    return cfg
+def trainer_for(overrides: List[str], run_dir: Path):
+    """A Trainer built as `ssl-train <overrides>` would build it (in `run_dir`, not trained yet)."""
+    return Trainer(engine_config.check_config(compose(overrides)), run_dir)
 
 
 def ssl_train(args: List[str], cwd: Path, timeout: float = 300, env_extra=None) -> subprocess.CompletedProcess:
     """Runs the console script as a user would, in a child process."""
     exe = Path(sys.executable).with_name("ssl-train")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ssl_cli.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ssl_cli"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SSL_CLI_CACHE": str(cwd / ".cache"), **(env_extra or {})}
     return subprocess.run(cmd + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -70,15 +72,13 @@ def run_cli(args: List[str], cwd: Path) -> Tuple[int, str, str]:
 
     Anything but SystemExit propagates, so a traceback fails the test that called it.
     """
-    import ssl_cli.cli
-
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with _isolated(cwd):
         sys.argv = ["ssl-train", *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                ssl_cli.cli.main()
+                ssl_train_cli.main()
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return code, out.getvalue(), err.getvalue()

@@ -1,12 +1,10 @@
 import pytest
 import torch
 
-from ssl_cli.augment import (
+from ssl_cli.core.errors import UserError
+from ssl_cli.transforms.ops import (
     OP_RANGES,
     OPS,
-    AugmentConfig,
-    Augmenter,
-    Normalizer,
     apply_op,
     classic_augment,
     cutout,
@@ -15,6 +13,7 @@ from ssl_cli.augment import (
     to_float,
     weak_augment,
 )
+from ssl_cli.transforms.views import AugmentOptions, Augmenter, Normalizer
 
 AUGMENTS = {
     "weak": weak_augment,
@@ -345,27 +344,28 @@ def test_normalizer_hand_computed():
 @pytest.mark.parametrize("weak", ["none", "flip_translate", "classic"])
 @pytest.mark.parametrize("strong", ["none", "randaugment", "classic"])
 def test_augmenter_views(weak, strong):
-    augment = Augmenter(AugmentConfig(weak=weak, strong=strong))
+    augment = Augmenter(AugmentOptions(weak=weak, strong=strong))
     images = random_images(8, 3, 16, 16)
     assert torch.equal(augment("none", images, gen()), images)
     for view, choice in (("weak", weak), ("strong", strong)):
         out = augment(view, images, gen())
         assert out.dtype == torch.uint8 and out.shape == images.shape
         assert torch.equal(out, images) == (choice == "none")
-    with pytest.raises(ValueError, match="weak"):
+    with pytest.raises(UserError, match="unknown augmentation view 'medium'.*weak"):
         augment("medium", images, gen())
 
 
 def test_augmenter_flip_off_means_no_flips():
     images = same_image_batch(b=32, h=10, w=10)
-    augment = Augmenter(AugmentConfig(weak="classic", flip=False, rotation=0.0, shift=0.0))
+    augment = Augmenter(AugmentOptions(weak="classic", flip=False, rotation=0.0, shift=0.0))
     assert torch.equal(augment("weak", images, gen()), images)
-    augment = Augmenter(AugmentConfig(weak="flip_translate", flip=False, translate=0.0))
+    augment = Augmenter(AugmentOptions(weak="flip_translate", flip=False, translate=0.0))
     assert torch.equal(augment("weak", images, gen()), images)
 
 
 def test_augmenter_rejects_unknown_choices():
-    with pytest.raises(ValueError):
-        Augmenter(AugmentConfig(weak="strong"))
-    with pytest.raises(ValueError):
-        Augmenter(AugmentConfig(strong="autoaugment"))
+    # The choices are declared on AugmentOptions: constructing the options refuses them.
+    with pytest.raises(UserError, match=r"augmentation\.weak must be one of none, flip_translate, classic, got 'strong'"):
+        AugmentOptions(weak="strong")
+    with pytest.raises(UserError, match=r"augmentation\.strong must be one of .*randaugment.*got 'autoaugment'"):
+        AugmentOptions(strong="autoaugment")

@@ -5,15 +5,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_cli.train import LOADING_KEYS
-from omegaconf import OmegaConf
 from torch import nn
 
-from ssl_cli.backbones import BACKBONES, Backbone, backbone_options, build_backbone
-from ssl_cli.optim import param_groups
-from ssl_cli.errors import UserError
+from conftest import compose
+from ssl_cli.core.errors import UserError
+from ssl_cli.core.options import defaults, from_config, names
+from ssl_cli.engine.optim import param_groups
+from ssl_cli.models.backbones import BACKBONES, Backbone, BackboneOptions, ModelOutput
+from ssl_cli.models.backbones import build_backbone as build_with_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "backbone"
+LOADING_KEYS = BackboneOptions.LOADING_KEYS
+
+
+def backbone_options(name, **options):
+    """`name`'s options as a config gives them: its declaration's defaults with `options` on top."""
+    cls = BACKBONES.options(name)
+    return from_config(cls, {**defaults(cls), **options}, f"backbone={name}")
+
+
+def build_backbone(name, in_channels, num_classes, image_size, **options):
+    return build_with_options(name, backbone_options(name, **options), in_channels, num_classes, image_size)
 
 # The large nets are slow on a CPU: one batch of 2 at one size each. Any other name gets all sizes.
 SIZES = {"wrn28_8": [(8, 8)], "resnet18": [(32, 32)]}
@@ -39,7 +51,9 @@ def test_shapes_and_backward(name, channels):
         x = torch.randn(2, channels, *size)
         with torch.no_grad():
             assert model.features(x).shape == (2, model.feature_dim)
-        logits = model(x)
+        out = model(x)
+        assert isinstance(out, ModelOutput) and out.features.shape == (2, model.feature_dim)
+        logits = out.logits
         assert logits.shape == (2, 7)
         assert torch.isfinite(logits).all()
         logits.logsumexp(1).sum().backward()
@@ -50,7 +64,7 @@ def test_shapes_and_backward(name, channels):
 @pytest.mark.parametrize("size", [(8, 8), (96, 96), (20, 33), (33, 20), (1, 5)])
 def test_cnn_any_input_size(size):
     model = build_backbone("cnn", 3, 10, size)
-    assert model(torch.randn(2, 3, *size)).shape == (2, 10)
+    assert model(torch.randn(2, 3, *size)).logits.shape == (2, 10)
     assert model.image_size == size
 
 
@@ -66,7 +80,7 @@ def test_cnn_without_batch_norm_has_conv_biases():
     model = build_backbone("cnn", 3, 10, (32, 32), batch_norm=False)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 10)
 
 
 @pytest.mark.parametrize("name,low,high", [("wrn28_2", 1.45e6, 1.50e6), ("wrn28_8", 23.2e6, 23.5e6),
@@ -102,7 +116,7 @@ def test_dropout_is_active_in_training_only():
     x = torch.randn(4, 3, 16, 16)
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model(x), model(x))
+        assert torch.equal(model(x).logits, model(x).logits)
         model.train()
         assert not torch.equal(model.features(x), model.features(x))
 
@@ -117,7 +131,8 @@ def test_channels_last_gives_same_output(name):
         ref = model(x)
         model = model.to(memory_format=torch.channels_last)
         out = model(x.contiguous(memory_format=torch.channels_last))
-    assert torch.allclose(ref, out, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ref.logits, out.logits, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ref.features, out.features, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name,options", [(n, {}) for n in BACKBONES.names()] + [("cnn", {"batch_norm": False})])
@@ -138,7 +153,7 @@ def test_param_groups_exempt_batchnorm_and_biases(name, options):
 def test_param_groups_drive_an_optimizer():
     model = build_backbone("cnn", 1, 3, (8, 8))
     optimizer = torch.optim.SGD(param_groups(model, 1e-3), lr=0.1, momentum=0.9)
-    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    model(torch.randn(2, 1, 8, 8)).logits.sum().backward()
     optimizer.step()
     assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-3, 0.0]
 
@@ -149,7 +164,7 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
-        assert torch.equal(a(x), b(x))
+        assert torch.equal(a(x).logits, b(x).logits)
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -157,10 +172,14 @@ def test_config_defaults_are_valid_options(name):
     path = CONFIGS / f"{name}.yaml"
     if not path.exists():
         pytest.skip(f"no config file for {name}")
-    options = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items()
-               if k not in ("name",) + LOADING_KEYS}
-    assert set(options) <= set(backbone_options(name))
-    on_meta(name, 3, 10, (32, 32), **options)
+    # The YAML starts from the declaration's schema; what it composes to must be valid options.
+    node = dict(compose([f"backbone={name}"]).backbone)
+    assert node.pop("name") == name
+    assert set(node) == set(names(BACKBONES.options(name)))
+    options = from_config(BACKBONES.options(name), node, f"backbone={name}")
+    assert set(options.architecture()) == set(node) - set(LOADING_KEYS)
+    with torch.device("meta"):
+        build_with_options(name, options, 3, 10, (32, 32))
 
 
 def test_unknown_name():
@@ -176,7 +195,8 @@ def test_unknown_option_names_the_allowed_ones():
     assert "width" in message and "batch_norm" in message and "dropout" in message
     with pytest.raises(UserError, match="bn_momentum"):
         build_backbone("wrn28_2", 3, 10, (32, 32), batch_norm=False)
-    with pytest.raises(UserError, match="none"):
+    # resnet18 declares no architecture options: only the loading keys every backbone has.
+    with pytest.raises(UserError, match=r"has no option dropout; its options: init_from, freeze_features$"):
         build_backbone("resnet18", 3, 10, (32, 32), dropout=0.1)
 
 
@@ -184,8 +204,9 @@ def test_unknown_option_names_the_allowed_ones():
                                           ("cnn", {"batch_norm": "yes"}), ("wrn28_2", {"bn_momentum": 0.0}),
                                           ("wrn28_8", {"dropout": -0.1})])
 def test_bad_option_values(name, options):
-    with pytest.raises(UserError, match=next(iter(options))):
-        on_meta(name, 3, 10, (32, 32), **options)
+    # The ranges and types are declared on the backbone's options: constructing them checks the values.
+    with pytest.raises(UserError, match=f"backbone.{next(iter(options))} must be"):
+        BACKBONES.options(name)(**options)
 
 
 @pytest.mark.parametrize("args", [(0, 10, (32, 32)), (3, 0, (32, 32)), (3, 10, (32,)), (3, 10, (0, 32)),
@@ -203,7 +224,7 @@ def test_cuda_channels_last_training_step(name):
     x = torch.randn(4, 3, *size, device="cuda").contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.03, momentum=0.9, nesterov=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(x)
+        logits = model(x).logits
     assert logits.shape == (4, 10)
     nn.functional.cross_entropy(logits.float(), torch.arange(4, device="cuda") % 10).backward()
     optimizer.step()

@@ -8,7 +8,10 @@ from omegaconf import OmegaConf
 
 import ssl_cli.configs
 from conftest import compose, write_image_folder
-from ssl_cli.errors import UserError
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.config import NAMED_GROUPS, check_config
+from ssl_cli.engine.trainer import Trainer
+from ssl_cli.methods import METHODS
 
 CONFIGS = Path(ssl_cli.configs.__file__).parent
 GROUPS = ["dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug",
@@ -31,12 +34,10 @@ def test_every_option_composes(group, option):
     assert cfg.trainer.max_steps > 0
 
 
-def test_registries_match_config_groups():
-    from ssl_cli.backbones import BACKBONES
-    from ssl_cli.methods import METHODS
-
-    assert set(METHODS.names()) == set(options("method"))
-    assert set(BACKBONES.names()) == set(options("backbone"))
+@pytest.mark.parametrize("group", sorted(NAMED_GROUPS))
+def test_registries_match_config_groups(group):
+    # Every registered builder has its YAML option and every YAML option a registered builder.
+    assert set(NAMED_GROUPS[group].names()) == set(options(group))
 
 
 # Data sets that can be built here without a download: the rest are checked for their missing-data error.
@@ -56,15 +57,13 @@ BUILD = [(g, o) for g, o in ALL if g not in ("experiment", "sweep", "hparams_sea
 
 @pytest.mark.parametrize("group,option", BUILD, ids=[f"{g}={o}" for g, o in BUILD])
 def test_every_option_builds(group, option, tmp_path):
-    from ssl_cli.train import Trainer
-
     overrides = ["dataset=synthetic", "trainer.device=cpu", "trainer.max_steps=1"]
     if group == "dataset":
         extra = _dataset_overrides(option, tmp_path)
         if extra is None:  # torchvision formats we cannot fake: the missing-data error must be clean
             cfg = compose([f"dataset={option}", f"dataset.root={tmp_path / 'missing'}"])
             with pytest.raises(UserError, match="does not exist"):
-                Trainer(cfg, tmp_path)
+                Trainer(check_config(cfg), tmp_path)
             return
         overrides = [f"dataset={option}", *extra, "trainer.device=cpu", "trainer.max_steps=1"]
     else:
@@ -72,10 +71,8 @@ def test_every_option_builds(group, option, tmp_path):
     if group == "backbone" and option in ("wrn28_8", "resnet18"):
         overrides.append("trainer.batch_size=2")
     cfg = compose(overrides)
-    from ssl_cli.methods import METHODS
-
     _, first_stage = METHODS.get(cfg.method.name).stages(cfg, tmp_path)[0]  # selfsup: its pretraining stage
-    trainer = Trainer(first_stage, tmp_path)
+    trainer = Trainer(check_config(first_stage), tmp_path)
     metrics = trainer.train_step(0)
     assert metrics["loss"].isfinite()
 

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from conftest import write_image_folder
-from ssl_cli.data import DATASETS, load_dataset
-from ssl_cli.errors import UserError
+from ssl_cli.core.errors import UserError
+from ssl_cli.core.options import defaults, from_config
+from ssl_cli.data import DATASETS
+from ssl_cli.data import load_dataset as load_with_options
+
+
+def load_dataset(name, **options):
+    """Data set `name` loaded with its declaration's defaults and `options` on top, as a config would give them."""
+    cls = DATASETS.options(name)
+    return load_with_options(name, from_config(cls, {**defaults(cls), **options}, f"dataset={name}"))
 
 
 def test_digits_is_real_and_fixed():
@@ -105,7 +113,7 @@ def test_every_registered_dataset_has_a_config():
 
 
 def test_describe_image_folder_reads_headers_only(tmp_path):
-    from ssl_cli.data import describe_image_folder
+    from ssl_cli.data.folders import describe_image_folder
 
     root = write_image_folder(tmp_path / "f", classes=("a", "b", "c", "d"), per_class=2, size=10)
     assert describe_image_folder(str(root)) == {"num_classes": 4, "in_channels": 3, "image_size": [10, 10]}

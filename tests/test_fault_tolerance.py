@@ -16,9 +16,12 @@ import torch
 
 from conftest import (assert_one_line_error, compose, run_cli, snapshot, ssl_train,
                       write_image_folder)
-from ssl_cli.checkpoint import load_checkpoint, save_checkpoint
-from ssl_cli.errors import UserError
-from ssl_cli.train import LAST, Trainer
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from ssl_cli.engine.config import check_config
+from ssl_cli.engine.outputs import LAST
+from ssl_cli.engine.trainer import Trainer
+from ssl_cli.models import BACKBONES, build_backbone
 
 # Long enough (a few seconds) that a signal can land at a random step.
 LONG = ["debug=smoke", "method=fixmatch", "trainer.deterministic=true", "trainer.max_steps=60",
@@ -90,7 +93,7 @@ def test_sigterm_marks_the_run_interrupted(tmp_path):
 
 def small_trainer(tmp_path: Path, *extra) -> Trainer:
     cfg = compose(["debug=smoke", "trainer.max_steps=9", "trainer.checkpoint_every=3", "trainer.eval_every=3", *extra])
-    return Trainer(cfg, tmp_path)
+    return Trainer(check_config(cfg), tmp_path)
 
 
 def test_crash_in_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -125,7 +128,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="No space left on device; the previous checkpoint is kept"):
         save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
-    assert load_checkpoint(path) == {"step": 1}
+    assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
 
 
@@ -334,9 +337,7 @@ def _tamper(run_dir: Path, change) -> None:
 
 
 def test_resume_refuses_a_checkpoint_holding_another_backbone(stopped):
-    from ssl_cli.backbones import build_backbone
-
-    other = build_backbone("wrn28_2", 3, 4, (16, 16)).state_dict()
+    other = build_backbone("wrn28_2", BACKBONES.options("wrn28_2")(), 3, 4, (16, 16)).state_dict()
     _tamper(stopped, lambda s: s.update(model=other))
     refused_resume([], stopped, "weights are not those of the cnn for 4 classes of 3x16x16 images",
                    "weight(s) of the model missing")

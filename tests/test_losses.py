@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from ssl_cli.losses import (confident_pseudo_labels, cross_entropy, linear_rampup, masked_cross_entropy,
-                            pseudo_label_accuracy)
+from ssl_cli.losses.classification import (cross_entropy, linear_rampup, masked_cross_entropy,
+                                           pseudo_label_accuracy)
+from ssl_cli.losses.pseudo_labels import confident_pseudo_labels
 
 
 def test_cross_entropy_hand_value():

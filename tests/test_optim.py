@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_cli.errors import UserError
-from ssl_cli.optim import EMA, build_optimizer, ema_decay_at, lr_factor
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.optim import OPTIMIZERS, SGDOptions, build_optimizer, lr_factor
+from ssl_cli.models.ema import EMA, ema_decay_at
 
 
 def test_fixmatch_cosine_by_hand():
@@ -27,11 +28,14 @@ def test_unknown_schedule_and_optimizer():
     with pytest.raises(UserError, match="unknown scheduler"):
         lr_factor(0, "step", 10)
     with pytest.raises(UserError, match="unknown optimizer"):
-        build_optimizer(nn.Linear(2, 2), "lamb", lr=0.1)
+        build_optimizer(nn.Linear(2, 2), "lamb", SGDOptions(lr=0.1))
+    # The ranges are declared on the options: constructing them checks the values.
     with pytest.raises(UserError, match=r"lr must be in \(0, 10\]"):
-        build_optimizer(nn.Linear(2, 2), "sgd", lr=0.0)
+        OPTIMIZERS.options("sgd")(lr=0.0)
     with pytest.raises(UserError, match=r"weight_decay must be in \[0, 1\)"):
-        build_optimizer(nn.Linear(2, 2), "sgd", lr=0.1, weight_decay=1e308)  # found by the fuzz test
+        OPTIMIZERS.options("sgd")(lr=0.1, weight_decay=1e308)  # found by the fuzz test
+    assert isinstance(build_optimizer(nn.Linear(2, 2), "sgd", OPTIMIZERS.options("sgd")(lr=0.1)),
+                      torch.optim.SGD)
 
 
 def test_ema_decay_warmup():

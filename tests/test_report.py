@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from conftest import ssl_train
-from ssl_cli.report import labels_needed, main as report_main, make_report
+from ssl_cli.apps.report import labels_needed, main as report_main, make_report
 
 
 def test_labels_needed_interpolates_on_log_axis():
@@ -128,7 +128,7 @@ def test_labels_needed_lines_say_what_the_numbers_mean(tmp_path):
     for method, n, acc in (("supervised", 20, 0.5), ("supervised", 200, 0.8), ("fixmatch", 20, 0.85),
                            ("fixmatch", 200, 0.9), ("pseudolabel", 200, 0.82)):
         write_summary(tmp_path, method, n, 0, acc)
-    from ssl_cli.report import labels_needed_lines
+    from ssl_cli.apps.report import labels_needed_lines
 
     lines = labels_needed_lines(make_report(tmp_path))
     # fixmatch beats supervised@200 already at 20 labels: an upper bound; pseudolabel has no run below 200.

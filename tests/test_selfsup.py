@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose, ssl_train
-from ssl_cli.augment import Augmenter, AugmentConfig, contrastive_augment
-from ssl_cli.errors import UserError
-from ssl_cli.knn import fit_linear_probe, knn_predict
-from ssl_cli.losses import byol_loss, contrastive_accuracy, nt_xent
+from conftest import compose, ssl_train, trainer_for
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.config import check_config
+from ssl_cli.engine.evaluation import fit_linear_probe, knn_predict
+from ssl_cli.engine.trainer import Trainer
+from ssl_cli.losses.selfsup import byol_loss, contrastive_accuracy, nt_xent
 from ssl_cli.methods.byol import target_decay_at
-from ssl_cli.train import Trainer
+from ssl_cli.transforms.ops import contrastive_augment
+from ssl_cli.transforms.views import Augmenter, AugmentOptions
 
 SMOKE = ["debug=smoke", "trainer.deterministic=true"]
 
@@ -119,7 +121,7 @@ def test_contrastive_view_without_motion_or_colour_is_identity():
 
 def test_augmenter_has_a_contrastive_view_for_every_config():
     images = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)
-    out = Augmenter(AugmentConfig())("contrastive", images, torch.Generator().manual_seed(1))
+    out = Augmenter(AugmentOptions())("contrastive", images, torch.Generator().manual_seed(1))
     assert out.shape == images.shape and not torch.equal(out, images)
 
 
@@ -143,9 +145,9 @@ def test_pretraining_runs_and_reports_knn_and_probe(method, tmp_path):
 
 def test_pretraining_uses_no_labels(tmp_path):
     cfg = compose(SMOKE + ["method=simclr"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer(check_config(cfg), tmp_path)
     batch = trainer.batches(0)
-    assert batch.labeled is None and batch.labels is None
+    assert batch.labeled == () and batch.labels is None
     assert len(batch.unlabeled) == 2 and not torch.equal(batch.unlabeled[0], batch.unlabeled[1])
     # Changing every training label changes nothing the loss sees.
     trainer.data.labels.fill_(0)
@@ -154,11 +156,11 @@ def test_pretraining_uses_no_labels(tmp_path):
 
 def test_gradient_accumulation_averages_micro_batches(tmp_path):
     cfg = compose(SMOKE + ["method=supervised", "trainer.grad_accumulation=2", "optim.weight_decay=0"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer(check_config(cfg), tmp_path)
     loss = trainer.train_step(0)["loss"]
     # The step's loss is the mean over micro-batches 0 and 1, as a fresh model sees them.
     (tmp_path / "b").mkdir()
-    fresh = Trainer(cfg, tmp_path / "b")
+    fresh = Trainer(check_config(cfg), tmp_path / "b")
     with torch.no_grad():
         expected = sum(fresh.method.training_step(fresh.model, fresh.batches(i), 0).loss for i in (0, 1)) / 2
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -166,7 +168,7 @@ def test_gradient_accumulation_averages_micro_batches(tmp_path):
 
 def test_byol_target_follows_online_network(tmp_path):
     cfg = compose(SMOKE + ["method=byol"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer(check_config(cfg), tmp_path)
     before = [p.clone() for p in trainer.method.target.parameters()]
     trainer.train_step(0)
     after = list(trainer.method.target.parameters())
@@ -191,8 +193,8 @@ def pretrained_run(tmp_path_factory):
 
 def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    scratch = Trainer(compose(SMOKE + ["method=supervised"]), tmp_path / "a")
-    loaded = Trainer(compose(SMOKE + ["method=supervised", f"backbone.pretrained={pretrained_run}"]), tmp_path / "b")
+    scratch = trainer_for(SMOKE + ["method=supervised"], tmp_path / "a")
+    loaded = trainer_for(SMOKE + ["method=supervised", f"backbone.init_from={pretrained_run}"], tmp_path / "b")
     saved = torch.load(pretrained_run / "last.pt", weights_only=True)["ema"]
     fresh = scratch.model.state_dict()
     for name, value in loaded.model.state_dict().items():
@@ -204,32 +206,32 @@ def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_pa
 @pytest.mark.parametrize("override,difference", [
     ("backbone=wrn28_2", "backbone cnn vs wrn28_2"),
     ("dataset.image_size=20", "image_size [16, 16] vs [20, 20]"),
-    ("dataset.channels=1", "in_channels 3 vs 1"),
+    ("dataset.channels=1", "channels 3 vs 1"),
 ])
 def test_mismatched_pretrained_backbone_is_refused(pretrained_run, tmp_path, override, difference):
-    cfg = compose(SMOKE + ["method=supervised", override, f"backbone.pretrained={pretrained_run}"])
+    cfg = compose(SMOKE + ["method=supervised", override, f"backbone.init_from={pretrained_run}"])
     with pytest.raises(UserError, match="does not fit") as info:
-        Trainer(cfg, tmp_path)
+        Trainer(check_config(cfg), tmp_path)
     assert difference in str(info.value)
 
 
 def test_pretrained_from_another_class_count_keeps_a_fresh_classifier(pretrained_run, tmp_path):
     cfg = compose(SMOKE + ["method=supervised", "dataset.num_classes=2", "dataset.num_labels=8",
-                           f"backbone.pretrained={pretrained_run}"])
-    trainer = Trainer(cfg, tmp_path)
+                           f"backbone.init_from={pretrained_run}"])
+    trainer = Trainer(check_config(cfg), tmp_path)
     assert trainer.model.classifier.out_features == 2
 
 
 def test_missing_pretrained_gives_one_line(tmp_path):
-    result = ssl_train(SMOKE + ["method=supervised", f"backbone.pretrained={tmp_path / 'nope'}"], tmp_path)
+    result = ssl_train(SMOKE + ["method=supervised", f"backbone.init_from={tmp_path / 'nope'}"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no such file or directory; give a run directory or a checkpoint file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_frozen_features_train_the_classifier_only(pretrained_run, tmp_path):
-    cfg = compose(SMOKE + ["method=fixmatch", f"backbone.pretrained={pretrained_run}", "backbone.freeze_features=true"])
-    trainer = Trainer(cfg, tmp_path)
+    cfg = compose(SMOKE + ["method=fixmatch", f"backbone.init_from={pretrained_run}", "backbone.freeze_features=true"])
+    trainer = Trainer(check_config(cfg), tmp_path)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.model.train()
     for step in range(2):
@@ -267,7 +269,7 @@ def test_selfsup_runs_both_stages_in_one_directory(pretrain, finetune, freeze, t
     assert pretrain_cfg["trainer"]["batch_size"] == 16 and pretrain_cfg["method"]["name"] == pretrain
     finetune_cfg = torch.load(run_dir / "finetune" / "last.pt", weights_only=True)["config"]
     assert finetune_cfg["optim"]["lr"] == 0.03 and finetune_cfg["trainer"]["batch_size"] == 8
-    assert finetune_cfg["backbone"]["pretrained"] == str(run_dir / "pretrain")
+    assert finetune_cfg["backbone"]["init_from"] == str(run_dir / "pretrain")
     assert finetune_cfg["backbone"]["freeze_features"] == (freeze == "true")
 
 

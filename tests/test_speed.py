@@ -6,10 +6,17 @@ import pytest
 import torch
 
 from conftest import compose, write_image_folder
-from ssl_cli import bench
-from ssl_cli.augment import rand_augment
-from ssl_cli.errors import UserError
-from ssl_cli.train import StepSampler, Trainer
+from ssl_cli.apps import bench
+from ssl_cli.core.errors import UserError
+from ssl_cli.data.sampling import StepSampler
+from ssl_cli.engine.config import TrainerOptions, check_config
+from ssl_cli.engine.trainer import Trainer
+from ssl_cli.transforms.ops import rand_augment
+
+
+def trainer_for(overrides, run_dir):
+    """A Trainer built as `ssl-train <overrides>` would build it (in `run_dir`, not trained yet)."""
+    return Trainer(check_config(compose(overrides)), run_dir)
 
 
 @pytest.mark.parametrize("shape", [(64, 3, 32, 32), (33, 1, 8, 8), (16, 3, 12, 20), (0, 3, 8, 8)])
@@ -32,31 +39,29 @@ def test_step_sampler_is_a_pure_function_of_the_step():
 
 
 def test_trainer_compile_compiles_the_model_in_place(tmp_path):
-    cfg = compose(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=default"])
-    trainer = Trainer(cfg, tmp_path)  # compiling itself happens at the first call, not tested here (slow on a CPU)
+    trainer = trainer_for(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=default"], tmp_path)  # compiling itself happens at the first call, not tested here (slow on a CPU)
     assert trainer.model._compiled_call_impl is not None
     assert trainer.ema.model._compiled_call_impl is None  # the EMA copy stays eager
     assert not any(k.startswith("_orig_mod") for k in trainer.model.state_dict())  # checkpoints unchanged
     (tmp_path / "eager").mkdir()
-    eager = Trainer(compose(["debug=smoke"]), tmp_path / "eager")
+    eager = trainer_for(["debug=smoke"], tmp_path / "eager")
     assert eager.model._compiled_call_impl is None
 
 
 def test_trainer_compile_mode_is_checked(tmp_path):
     with pytest.raises(UserError, match="compile_mode"):
-        Trainer(compose(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=fastest"]), tmp_path)
+        trainer_for(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=fastest"], tmp_path)
 
 
 def test_reuse_cpu_memory_applies_on_linux(tmp_path):
     import sys
 
-    from ssl_cli.accel import reuse_cpu_memory
+    from ssl_cli.engine.accel import reuse_cpu_memory
 
     assert reuse_cpu_memory() == sys.platform.startswith("linux")
-    with pytest.raises(UserError, match="reuse_cpu_memory"):
-        from ssl_cli.accel import apply_speed_settings
-
-        apply_speed_settings(torch.nn.Linear(2, 2), {"reuse_cpu_memory": "yes"}, torch.device("cpu"))
+    # The setting's type is declared on TrainerOptions: constructing the options checks it.
+    with pytest.raises(UserError, match="trainer.reuse_cpu_memory must be true or false"):
+        TrainerOptions(reuse_cpu_memory="yes")
 
 
 TINY = ["--backbone", "cnn", "--device", "cpu", "--batch-size", "4", "--unlabeled-ratio", "2", "--repeats", "2",
@@ -95,9 +100,9 @@ def test_benchmark_errors_are_one_line(capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_training_step_never_waits_for_the_device(tmp_path):
-    cfg = compose(["dataset=synthetic", "dataset.image_size=32", "dataset.num_train=512", "trainer.device=cuda",
-                   "method=fixmatch", "backbone=wrn28_2", "trainer.batch_size=16", "trainer.progress_bar=false"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = trainer_for(["dataset=synthetic", "dataset.image_size=32", "dataset.num_train=512",
+                           "trainer.device=cuda", "method=fixmatch", "backbone=wrn28_2", "trainer.batch_size=16",
+                           "trainer.progress_bar=false"], tmp_path)
     trainer.train_step(0)  # first calls may copy constants to the device once
     torch.cuda.set_sync_debug_mode("error")
     try:

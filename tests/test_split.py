@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from ssl_cli.errors import UserError
-from ssl_cli.split import load_split, make_split, save_split
+from ssl_cli.core.errors import UserError
+from ssl_cli.data.base import DatasetOptions
+from ssl_cli.data.split import load_split, make_split, save_split
 
 LABELS = np.repeat(np.arange(10), 50)  # 500 images, 50 per class
 
@@ -51,18 +52,31 @@ def test_label_fraction():
     assert len(make_split(LABELS, 10, seed=0, label_fraction=1.0).labeled) == 500
 
 
+def _escaped(message):
+    return message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"num_labels": 5}, "below the number of classes"),
     ({"num_labels": 501}, "exceeds"),
-    ({"label_fraction": 0.0}, "(0, 1]"),
-    ({"label_fraction": 1.5}, "(0, 1]"),
-    ({}, "exactly one"),
+])
+def test_bad_sizes(kwargs, message):
+    """What depends on the data (enough images per class) is checked when the split is made."""
+    with pytest.raises(UserError, match=_escaped(message)):
+        make_split(LABELS, 10, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_labels": None, "label_fraction": 0.0}, "(0, 1]"),
+    ({"num_labels": None, "label_fraction": 1.5}, "(0, 1]"),
+    ({"num_labels": None}, "exactly one"),
     ({"num_labels": 40, "label_fraction": 0.1}, "exactly one"),
     ({"num_labels": 40, "num_validation": -1}, "num_validation"),
 ])
-def test_bad_sizes(kwargs, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
-        make_split(LABELS, 10, seed=0, **kwargs)
+def test_bad_sizes_are_refused_by_the_declaration(kwargs, message):
+    """The sizes' types and ranges are checked where they are declared (DatasetOptions)."""
+    with pytest.raises(UserError, match=_escaped(message)):
+        DatasetOptions(**kwargs)
 
 
 def test_save_and_load_round_trip(tmp_path):

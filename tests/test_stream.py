@@ -9,10 +9,14 @@ import torch
 from PIL import Image
 
 from conftest import compose, ssl_train, write_image_folder
-from ssl_cli.data import load_dataset
-from ssl_cli.errors import UserError
-from ssl_cli.stream import FileImages
-from ssl_cli.train import Trainer, run
+from ssl_cli.core.errors import UserError
+from ssl_cli.core.options import defaults, from_config
+from ssl_cli.data import DATASETS
+from ssl_cli.data import load_dataset as load_with_options
+from ssl_cli.data.stream import FileImages
+from ssl_cli.engine.config import check_config
+from ssl_cli.engine.run import run
+from ssl_cli.engine.trainer import Trainer
 
 # A FixMatch batch of 4 labeled + 8 unlabeled images from 36 training images: the epochs of both samplers
 # end inside a step now and then, which the schedule must handle like the in-memory path.
@@ -24,6 +28,12 @@ COMMON = ["method=fixmatch", "method.unlabeled_ratio=2", "backbone=cnn", "traine
 def folder_cfg(root: Path, tmp_path: Path, streaming: bool, *extra: str):
     return compose(["dataset=imagefolder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}",
                     f"dataset.streaming={str(streaming).lower()}", *COMMON, *extra])
+
+
+def load_dataset(name, **options):
+    """Data set `name` loaded with its declaration's defaults and `options` on top, as a config would give them."""
+    cls = DATASETS.options(name)
+    return load_with_options(name, from_config(cls, {**defaults(cls), **options}, f"dataset={name}"))
 
 
 @pytest.fixture
@@ -57,8 +67,8 @@ def test_file_images_behave_like_the_in_memory_tensor(folder, tmp_path):
 def test_streamed_batches_equal_in_memory_batches(folder, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    memory = Trainer(folder_cfg(folder, tmp_path, False), tmp_path / "a")
-    streamed = Trainer(folder_cfg(folder, tmp_path, True, "dataset.num_workers=2"), tmp_path / "b")
+    memory = Trainer(check_config(folder_cfg(folder, tmp_path, False)), tmp_path / "a")
+    streamed = Trainer(check_config(folder_cfg(folder, tmp_path, True, "dataset.num_workers=2")), tmp_path / "b")
     assert isinstance(streamed.data.images, FileImages)
     mb, sb = memory.batches, streamed.batches
     # The same indices and the same pixels, step after step (across epoch ends of both samplers) ...
@@ -73,8 +83,9 @@ def test_streamed_batches_equal_in_memory_batches(folder, tmp_path):
     for step in (12, 13, 40, 3):  # 40: a jump ahead, 3: back (as after a resume): the loader restarts
         a, b = mb(step), sb(step)
         assert torch.equal(a.labels, b.labels) and torch.equal(a.unlabeled_targets, b.unlabeled_targets)
-        assert torch.allclose(a.labeled, b.labeled, atol=1e-4)
-        for x, y in zip(a.unlabeled, b.unlabeled):
+        assert torch.equal(a.labeled_index, b.labeled_index) and torch.equal(a.unlabeled_index, b.unlabeled_index)
+        assert len(a.labeled) == len(b.labeled) == 1 and len(a.unlabeled) == len(b.unlabeled) == 2
+        for x, y in zip(a.labeled + a.unlabeled, b.labeled + b.unlabeled):
             assert torch.allclose(x, y, atol=1e-4)
     streamed.data.images.close()
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import ssl_train
-from ssl_cli.cli import objective
-from ssl_cli.report import make_report
+from ssl_cli.apps.train import objective
+from ssl_cli.apps.report import make_report
 
 # A few steps per job: these tests check the plumbing, not the accuracy.
 TINY = ["debug=smoke", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=4"]

@@ -5,35 +5,43 @@ confidence threshold count, and the unlabeled loss weight ramps up linearly over
 early, poor predictions do not dominate.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from ssl_cli.losses import confident_pseudo_labels, cross_entropy, linear_rampup, masked_cross_entropy, pseudo_label_accuracy
-from ssl_cli.methods.base import METHODS, Batch, Method, StepOutput, check_non_negative, check_positive_int, check_unit_interval
+from ssl_cli.core.options import option
+from ssl_cli.losses.classification import cross_entropy, linear_rampup, masked_cross_entropy, pseudo_label_accuracy
+from ssl_cli.losses.pseudo_labels import confident_pseudo_labels
+from ssl_cli.methods.base import METHODS, Method, StepOutput, ThresholdOptions
+
+
+@dataclass
+class PseudoLabelOptions(ThresholdOptions):
+    unlabeled_ratio: int = option(1, "unlabeled images per labeled image in a batch", low=1, high=1024)
+    warmup_fraction: float = option(0.4, "the unlabeled weight ramps up linearly over this share of training",
+                                    low=0, high=1)
 
 
 @METHODS.register("pseudolabel")
 class PseudoLabel(Method):
+    """Pseudo-labelling (Lee 2013), USB's settings: threshold 0.95, ratio 1, weight ramped over 40 % of training."""
+
     name = "pseudolabel"
+    Options = PseudoLabelOptions
     unlabeled_views = ("weak",)
 
-    def __init__(self, num_classes, max_steps, confidence_threshold=0.95, unlabeled_weight=1.0,
-                 unlabeled_ratio=1, warmup_fraction=0.4):
-        super().__init__(num_classes, max_steps)
-        self.confidence_threshold = check_unit_interval("confidence_threshold", confidence_threshold)
-        self.unlabeled_weight = check_non_negative("unlabeled_weight", unlabeled_weight)
-        self.unlabeled_ratio = check_positive_int("unlabeled_ratio", unlabeled_ratio)
-        self.rampup_steps = int(check_unit_interval("warmup_fraction", warmup_fraction) * max_steps)
-
-    def training_step(self, model, batch: Batch, step: int) -> StepOutput:
+    def training_step(self, model, batch, step: int) -> StepOutput:
+        (labeled,) = batch.labeled
         (unlabeled,) = batch.unlabeled
-        n = batch.labeled.shape[0]
+        n = labeled.shape[0]
         # One forward pass over labeled and unlabeled images, so BatchNorm sees both.
-        logits = model(torch.cat([batch.labeled, unlabeled]))
+        logits = model(torch.cat([labeled, unlabeled])).logits
         logits_labeled, logits_unlabeled = logits[:n], logits[n:]
         sup_loss = cross_entropy(logits_labeled, batch.labels)
-        pseudo_labels, mask = confident_pseudo_labels(logits_unlabeled, self.confidence_threshold)
+        pseudo_labels, mask = confident_pseudo_labels(logits_unlabeled, self.options.confidence_threshold)
         unsup_loss = masked_cross_entropy(logits_unlabeled, pseudo_labels, mask)
-        weight = self.unlabeled_weight * linear_rampup(step, self.rampup_steps)
+        rampup_steps = int(self.options.warmup_fraction * self.max_steps)
+        weight = self.options.unlabeled_weight * linear_rampup(step, rampup_steps)
         loss = sup_loss + weight * unsup_loss
         return StepOutput(loss, {
             "sup_loss": sup_loss.detach(),

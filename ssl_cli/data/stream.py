@@ -1,6 +1,6 @@
 """Image folders too large for memory: files decoded in DataLoader workers, step by step.
 
-`dataset=imagefolder dataset.streaming=true` gives the runner `FileImages` in place of the uint8 image
+`dataset=imagefolder dataset.streaming=true` gives the runner (through ssl_cli.data.folders) `FileImages` in place of the uint8 image
 tensors of the in-memory path. Nothing is decoded up front: the file list, the labels and the split are
 made as in memory (same order, same held-out test split), the image shape comes from the first file (or
 `dataset.image_size`), and the normalisation statistics from an evenly spaced sample of at most
@@ -35,9 +35,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize as tv_resize
+from torchvision.transforms.v2.functional import to_dtype
 
-from ssl_cli.errors import UserError
+from ssl_cli.core.errors import UserError
+from ssl_cli.data.sampling import StepSampler
 
 STATS_IMAGES = 2048  # training images sampled for the per-channel mean and std
 STATS_BATCH = 256
@@ -50,8 +55,6 @@ class _WrongSize(Exception):
 
 
 def _decode_with_pil(path: str, channels: int) -> torch.Tensor:
-    from PIL import Image
-
     with Image.open(path) as img:
         array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     t = torch.from_numpy(array.copy())
@@ -63,21 +66,15 @@ def decode_file(path: str, channels: int, size: Tuple[int, int], resize: bool) -
 
     torchvision.io decodes JPEG, PNG, GIF and WebP; other formats PIL reads are decoded with PIL.
     """
-    from torchvision.io import ImageReadMode, decode_image
-
     try:
         img = decode_image(path, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
     except Exception:  # a format torchvision cannot decode (BMP, TIFF, ...): PIL, which raises if unreadable
         img = _decode_with_pil(path, channels)
     if img.dtype != torch.uint8:  # 16-bit PNG
-        from torchvision.transforms.v2.functional import to_dtype
-
         img = to_dtype(img, torch.uint8, scale=True)
     if tuple(img.shape[-2:]) != tuple(size):
         if not resize:
             raise _WrongSize(tuple(img.shape[-2:]))
-        from torchvision.transforms.v2.functional import resize as tv_resize
-
         img = tv_resize(img, list(size), antialias=True)
     return img
 
@@ -282,8 +279,6 @@ class FileImages:
         The schedule is recomputed on the CPU by StepSamplers with the builder's seeds and sizes (StepSampler
         draws its permutations on the CPU, so they equal the builder's on any device): no host sync.
         """
-        from ssl_cli.train import StepSampler
-
         cpu = torch.device("cpu")
         parts = []
         for sampler_name, pool_name in (("labeled_sampler", "labeled"), ("unlabeled_sampler", "unlabeled")):
@@ -379,41 +374,3 @@ class _ReadAhead:
         self.next_start = min(tag + self.count, self.n)
         self.done = self.next_start >= self.n
         return _to_device(images, self.device)
-
-
-def folder_image_data(path: Path, splits: Dict[str, Dict[str, List[Path]]], class_names: List[str],
-                      channels: Optional[int], size: Optional[Tuple[int, int]], test_fraction: float,
-                      split_seed: int, num_workers: int):
-    """The streaming counterpart of the image-folder loader: an ImageData whose images are FileImages."""
-    from ssl_cli.data import ImageData, _held_out_split
-
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise UserError(f"dataset.num_workers must be an integer >= 0, got {num_workers!r}")
-    listed = {}
-    for split, classes in splits.items():
-        files = [f for c in class_names for f in classes.get(c, [])]
-        labels = [class_names.index(c) for c in class_names for _ in classes.get(c, [])]
-        listed[split] = (np.array([os.fsencode(str(f)) for f in files]), np.array(labels, dtype=np.int64))
-    if "test" not in listed:
-        files, labels = listed["train"]
-        tr, te = _held_out_split(labels, test_fraction, split_seed)
-        listed = {"train": (files[tr], labels[tr]), "test": (files[te], labels[te])}
-    train_files = listed["train"][0]
-    if len(listed["test"][0]) == 0:
-        raise UserError(f"no test images in {path}: add root/test/<class>/ or raise dataset.test_fraction")
-    first = os.fsdecode(train_files[0])
-    try:
-        from PIL import Image
-
-        with Image.open(first) as img:  # reads the header only
-            mode, (width, height) = img.mode, img.size
-    except Exception:
-        raise UserError(f"cannot read {first}, the first training image (streaming takes the image shape "
-                        f"from it; set dataset.image_size and dataset.channels, or remove the file)") from None
-    ch = int(channels) if channels else (1 if mode == "L" else 3)  # as the in-memory path: L stays grey
-    shape = tuple(size) if size else (height, width)
-    make = lambda files: FileImages(files, ch, shape, resize=size is not None, num_workers=num_workers,  # noqa: E731
-                                    root=str(path))
-    return ImageData("imagefolder", make(train_files), torch.as_tensor(listed["train"][1]),
-                     make(listed["test"][0]), torch.as_tensor(listed["test"][1]), class_names,
-                     notes={"streaming": True, "bad_files": []})

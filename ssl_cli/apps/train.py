@@ -1,4 +1,4 @@
-"""`ssl-train`: composes the Hydra config and runs `ssl_cli.train.run` on it.
+"""`ssl-train`: composes the Hydra config and runs `ssl_cli.engine.run.run` on it.
 
 Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -15,40 +15,21 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_cli.errors import UserError
-
-CONFIG_MODULE = "ssl_cli.configs"
-CONFIG_NAME = "train"
-EXIT_USER_ERROR = 2
+from ssl_cli.apps.preflight import check_command_line
+from ssl_cli.apps.report import print_run_summary
+from ssl_cli.core.errors import EXIT_USER_ERROR, UserError, one_line
+from ssl_cli.engine.config import CONFIG_MODULE, CONFIG_NAME, register_schemas
+from ssl_cli.engine.outputs import SUMMARY, write_summary
+from ssl_cli.engine.run import run
 
 log = logging.getLogger("ssl_cli")
-
-
-def _run_dir(resume, default):
-    """Hydra's run directory: the resumed run's own directory, or a fresh one."""
-    if resume:
-        path = Path(str(resume)).expanduser()
-        return str(path if path.is_dir() else path.parent)
-    return default
-
-
-def _hydra_subdir(resume):
-    """Where Hydra saves the composed config; a resumed run keeps the original .hydra/ untouched."""
-    return ".hydra-resume" if resume else ".hydra"
-
-
-for _name, _fn in (("ssl_run_dir", _run_dir), ("ssl_hydra_subdir", _hydra_subdir)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def fail(message: str) -> None:
@@ -57,9 +38,7 @@ def fail(message: str) -> None:
 
 
 def _write_failed_summary(run_dir: Path, cfg: DictConfig, error: str, choices: dict) -> None:
-    from ssl_cli.train import write_summary
-
-    existing = run_dir / "summary.json"
+    existing = run_dir / SUMMARY
     if existing.exists():  # never overwrite what an earlier run wrote; an earlier failure gives way to this one
         try:
             status = json.loads(existing.read_text()).get("status")
@@ -117,8 +96,6 @@ def _job_state(multirun: bool):
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """One job. Returns the validation accuracy (the objective of Hydra's Optuna sweeper), or None."""
-    from ssl_cli.train import run  # imported here so `ssl-train --help` stays fast
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
@@ -140,16 +117,8 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         _write_failed_summary(run_dir, cfg, f"{type(e).__name__}: {one_line(e)}", choices)
         log.exception("job failed")
         return None
-    from ssl_cli.report import print_run_summary
-
     print_run_summary(summary)
     return objective(summary)
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
 
 
 class SweepChecks(Callback):
@@ -158,8 +127,6 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if not _is_optimising_sweep(config.hydra) or _plans_validation(config):
             return
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         # A value swept by the search itself is not in `config` yet: leave it to the jobs.
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         overrides = OverridesParser.create().parse_overrides([str(o) for o in config.hydra.overrides.task])
@@ -174,8 +141,6 @@ def _check_composes(argv) -> None:
     Nothing is written before this passes: Hydra creates the run directory only afterwards, so a bad
     override never leaves an empty run directory behind and an earlier run is never overwritten.
     """
-    from ssl_cli.preflight import check_command_line
-
     try:
         check_command_line(list(argv))
     except UserError as e:
@@ -183,6 +148,7 @@ def _check_composes(argv) -> None:
 
 
 def main() -> None:
+    register_schemas()
     _check_composes(sys.argv[1:])
     hydra_main()
 

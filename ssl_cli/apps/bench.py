@@ -1,7 +1,7 @@
 """ssl-bench: how fast a training step runs, and how close it comes to the machine's limit.
 
 For one backbone, method, batch size, unlabeled ratio and device it builds the real runner
-(`ssl_cli.train.Trainer`: data on the device, BatchBuilder, method, optimiser, scheduler, EMA) on
+(`ssl_cli.engine.trainer.Trainer`: data on the device, BatchBuilder, method, optimiser, scheduler, EMA) on
 synthetic 32x32x3 images in memory (or an image folder, streamed or in memory) and times:
 
   (a) compute   forward, backward and optimiser step of the same model, optimiser and loss on ready,
@@ -11,7 +11,8 @@ synthetic 32x32x3 images in memory (or an image folder, streamed or in memory) a
   (c) augment   the augmentation alone (the method's views of one batch of uint8 images)
       batch     BatchBuilder alone: sampling, gathering, augmentation, normalisation
       load      sampling and gathering alone (streaming: waiting for the decode workers)
-  (d) eval      evaluation: the EMA model's predictions on --eval-images test images
+  (d) eval      inference: the trained model as `load_model` rebuilds it from a checkpoint (what
+                ssl-predict uses), class probabilities of --eval-images test images
 
 Each phase runs --warmup times untimed, then --repeats timed runs (each of --steps-per-repeat calls,
 synchronised with the device at its ends only); (a) and (b) alternate, so a change in machine load
@@ -41,8 +42,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
+import torchvision
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 
-from ssl_cli.errors import UserError
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.config import check_config, compose
+from ssl_cli.engine.model_io import load_model
+from ssl_cli.engine.outputs import LAST
+from ssl_cli.engine.trainer import Trainer
+from ssl_cli.methods import METHODS
 
 # The must-show targets (docs/benchmarks.md): FixMatch on the CPU.
 STEP_OVER_COMPUTE_TARGET = {"wrn28_2": 0.9, "cnn": 0.8}
@@ -139,8 +148,6 @@ def describe_machine(device: torch.device) -> dict:
                 break
     except OSError:
         pass
-    import torchvision
-
     info = {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
@@ -216,47 +223,21 @@ def overrides(a: argparse.Namespace, device: torch.device) -> List[str]:
     return out
 
 
-def compose(overrides_: List[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    import ssl_cli.cli  # noqa: F401  (registers the resolvers the config uses)
-
-    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides_)
-    return cfg
-
-
 def build_trainer(a: argparse.Namespace, device: torch.device, run_dir: Path):
-    from ssl_cli.config import check_config
-    from ssl_cli.methods import METHODS
-    from ssl_cli.train import Trainer
-
     ov = overrides(a, device)
-    if "unlabeled_ratio" in _init_options(METHODS.get(a.method)):
+    if "unlabeled_ratio" in METHODS.options(a.method).__dataclass_fields__:
         ov.append(f"method.unlabeled_ratio={a.unlabeled_ratio}")
-    cfg = compose(ov)
-    check_config(cfg)
-    return Trainer(cfg, run_dir, {}), ov
-
-
-def _init_options(cls) -> List[str]:
-    import inspect
-
-    return list(inspect.signature(cls.__init__).parameters)
+    return Trainer(check_config(compose(ov)), run_dir, {}), ov
 
 
 def batch_images(batch) -> int:
     """Images through the model in one step: the labeled view plus every unlabeled view."""
-    n = 0 if batch.labeled is None else batch.labeled.shape[0]
-    return n + sum(v.shape[0] for v in batch.unlabeled)
+    return sum(v.shape[0] for v in batch.labeled) + sum(v.shape[0] for v in batch.unlabeled)
 
 
 def count_flops(trainer, batch) -> tuple:
     """(FLOPs of one training step's forward and backward, FLOPs of one evaluation image), counted by
     torch.utils.flop_counter on an eager copy of the model (the trained model may be compiled)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     if trainer.ema is not None:
         source = trainer.ema.model
     elif getattr(trainer.model, "_compiled_call_impl", None) is None:
@@ -272,7 +253,7 @@ def count_flops(trainer, batch) -> tuple:
         out.loss.backward()
     step_flops = counter.get_total_flops()
     trainer.optimizer.zero_grad(set_to_none=True)  # modules the method owns got gradients too
-    images = batch.labeled if batch.labeled is not None else batch.unlabeled[0]
+    images = (batch.labeled or batch.unlabeled)[0]
     k = min(8, images.shape[0])
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -295,12 +276,10 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, per_repeat: 
 
 
 def time_once(fn: Callable[[], object], per_repeat: int, sync) -> float:
+    """Seconds per call of `fn`, over `per_repeat` calls (torch.utils.benchmark synchronises CUDA)."""
     sync()
-    start = time.perf_counter()
-    for _ in range(per_repeat):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / per_repeat
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(per_repeat).mean
 
 
 def summarise(times: List[float], images: int, flops: Optional[float] = None,
@@ -322,8 +301,6 @@ def summarise(times: List[float], images: int, flops: Optional[float] = None,
 
 
 def run_benchmark(a: argparse.Namespace) -> dict:
-    from ssl_cli.evaluate import predict
-
     device = resolve_device(a.device)
     fill_defaults(a, device)
     if a.threads:
@@ -340,7 +317,7 @@ def run_benchmark(a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="ssl-bench-") as tmp:
         trainer, ov = build_trainer(a, device, Path(tmp))
         try:
-            results = _phases(a, trainer, device, sync, peak, predict)
+            results = _phases(a, trainer, device, sync, peak, Path(tmp))
         finally:
             images = trainer.data.images
             if hasattr(images, "close"):
@@ -350,7 +327,7 @@ def run_benchmark(a: argparse.Namespace) -> dict:
     return results
 
 
-def _phases(a, trainer, device, sync, peak, predict) -> dict:
+def _phases(a, trainer, device, sync, peak, tmp: Path) -> dict:
     model, method, optimizer = trainer.model, trainer.method, trainer.optimizer
     builder, data = trainer.batches, trainer.data
     model.train()
@@ -384,13 +361,13 @@ def _phases(a, trainer, device, sync, peak, predict) -> dict:
 
     # (c) augmentation alone, on one uint8 batch already on the device.
     raw_labeled, raw_unlabeled = _raw_batch(trainer)
-    augmenter, gen = builder.augmenter, builder.gen
+    augment_view, gen = builder.augment, builder.gen
 
     def augment():
-        if raw_labeled is not None:
-            augmenter(method.labeled_view, raw_labeled, gen)
+        for view in method.labeled_views:
+            augment_view(view, raw_labeled, gen)
         for view in method.unlabeled_views:
-            augmenter(view, raw_unlabeled, gen)
+            augment_view(view, raw_unlabeled, gen)
 
     augment_times = time_calls(augment, a.warmup, a.repeats, a.steps_per_repeat, sync)
 
@@ -416,12 +393,16 @@ def _phases(a, trainer, device, sync, peak, predict) -> dict:
     load_times = time_calls(load, io_warmup, a.repeats, io_calls, sync)
     loaded = sum(s.batch_size for s in (builder.labeled_sampler, builder.unlabeled_sampler) if s is not None)
 
-    # (d) evaluation: the EMA model's predictions on the first --eval-images test images.
+    # (d) inference: the model as load_model rebuilds it from a checkpoint, on the first --eval-images
+    # test images (uint8, at the model's size).
     n_eval = min(a.eval_images, len(data.test_images))
     test = data.test_images[torch.arange(n_eval, device=data.test_labels.device)]
+    trainer.save(LAST)
+    trained = load_model(tmp / LAST, device=device)
 
     def evaluate():
-        predict(trainer.eval_model, test, builder.prepare, a.eval_batch_size, trainer.autocast)
+        with trainer.autocast():
+            trained.probabilities(test, batch_size=a.eval_batch_size)
 
     eval_times = time_calls(evaluate, min(a.warmup, 1), a.repeats, 1, sync)
 

@@ -22,21 +22,8 @@ import sys
 import torch
 from torch import nn
 
-from ssl_cli.errors import UserError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_model(model: nn.Module, enabled, mode="default") -> bool:
-    """Compiles `model` in place when `enabled`; returns whether it did."""
-    if not isinstance(enabled, bool):
-        raise UserError(f"trainer.compile must be true or false, got {enabled!r}")
-    if mode not in COMPILE_MODES:
-        raise UserError(f"trainer.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
-    if not enabled:
-        return False
-    model.compile(mode=mode)
-    return True
 
 
 def reuse_cpu_memory() -> bool:
@@ -54,11 +41,10 @@ def reuse_cpu_memory() -> bool:
     return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, -1) == 1  # -1: never trim
 
 
-def apply_speed_settings(model: nn.Module, trainer_cfg, device: torch.device) -> None:
-    """The trainer's speed settings: `compile` / `compile_mode`, and `reuse_cpu_memory` on the CPU."""
-    reuse = trainer_cfg.get("reuse_cpu_memory", True)
-    if not isinstance(reuse, bool):
-        raise UserError(f"trainer.reuse_cpu_memory must be true or false, got {reuse!r}")
-    if reuse and device.type == "cpu":
+def apply_speed_settings(model: nn.Module, compile: bool, compile_mode: str, reuse_memory: bool,
+                         device: torch.device) -> None:
+    """trainer.compile / compile_mode (the model is compiled in place), and reuse_cpu_memory on the CPU."""
+    if reuse_memory and device.type == "cpu":
         reuse_cpu_memory()
-    compile_model(model, trainer_cfg.get("compile", False), trainer_cfg.get("compile_mode", "default"))
+    if compile:
+        model.compile(mode=compile_mode)

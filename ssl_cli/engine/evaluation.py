@@ -1,14 +1,53 @@
-"""Frozen-feature evaluation: the weighted kNN monitor and the linear probe.
-
-Both use only the labeled training images as the memory bank / training set, so they measure how
-well a backbone's features separate the classes with the labels a user actually has.
-"""
+"""Evaluation: features and predictions of a batch-wise forward pass, classification metrics (scikit-learn),
+and the frozen-feature monitors (weighted kNN, L-BFGS linear probe) used by every evaluation."""
 
 from __future__ import annotations
 
+from typing import Callable, Dict
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
+
+
+@torch.no_grad()
+def embed(model, images_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+          batch_size: int, autocast) -> torch.Tensor:
+    """The model's features [N, feature_dim] (float32) of every image, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images_uint8.shape[0], batch_size):
+        with autocast():
+            out.append(model(prepare(images_uint8[start:start + batch_size])).features.float())
+    model.train(was_training)
+    if out:
+        return torch.cat(out)
+    return torch.zeros(0, model.classifier.in_features, device=images_uint8.device)
+
+
+@torch.no_grad()
+def classify(classifier: nn.Linear, features: torch.Tensor) -> torch.Tensor:
+    """Logits from features (the linear classifier), float32."""
+    return classifier(features.to(classifier.weight.dtype)).float()
+
+
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, object]:
+    """Accuracy, per-class precision / recall / F1, macro-F1 over all classes, confusion matrix (rows: true)."""
+    y_pred, y_true = preds.cpu().numpy(), labels.cpu().numpy()
+    classes = list(range(num_classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=classes) if len(y_true) else np.zeros((num_classes,) * 2, int)
+    return {
+        "accuracy": float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0,
+        "macro_f1": float(np.mean(f1)),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 @torch.no_grad()

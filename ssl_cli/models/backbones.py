@@ -1,14 +1,14 @@
 """Backbone networks, looked up by name: `cnn`, `wrn28_2`, `wrn28_8`, `resnet18`.
 
-A backbone turns a batch of images [B, C, H, W] into an embedding [B, feature_dim] (`features`) and
-has a linear `classifier` on that embedding, so `forward` gives logits [B, num_classes]. Methods that
-need the embedding (e.g. for consistency or contrastive losses) call `features`; the rest call the
-model. The number of input channels, the number of classes and the image size come from the data set
-and are kept on the model so a checkpoint can be checked against the data it is resumed with.
+A backbone maps images [B, C, H, W] to `ModelOutput(logits, features)` in one call: the embedding
+[B, feature_dim] and a linear `classifier` on it. Methods only ever call the model, so a
+DistributedDataParallel or compiled wrapper, or a timm model, works the same way. The number of input
+channels, the number of classes and the image size come from the data set and are kept on the model,
+so a checkpoint can be checked against the data it is resumed with.
 
-Each builder is registered as `builder(in_channels, num_classes, image_size, **options)`; its keyword
-arguments are the options a config may set (`backbone.dropout=0.3`), and `build_backbone` rejects any
-other name with a one-line `UserError`.
+Each builder is registered with its options, `@BACKBONES.register(name, Options)`, and called as
+`builder(options, in_channels, num_classes, image_size)`. Every backbone's options also hold the two
+loading keys of `BackboneOptions` (which weights to start from, whether to freeze them).
 
 Nothing here depends on the device or memory format: the models run on the CPU or CUDA, contiguous or
 channels_last.
@@ -16,21 +16,42 @@ channels_last.
 
 from __future__ import annotations
 
-import inspect
 import math
 import operator
-from typing import Callable, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
-from ssl_cli.errors import UserError
-from ssl_cli.registry import Registry
+from ssl_cli.core.errors import UserError
+from ssl_cli.core.options import Options, option
+from ssl_cli.core.registry import Registry
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+BACKBONES: Registry = Registry("backbone", "backbone")
 
-# The arguments every builder takes from the data set; everything after them is an option.
-_DATA_ARGUMENTS = ("in_channels", "num_classes", "image_size")
+
+class ModelOutput(NamedTuple):
+    logits: Tensor  # [B, num_classes]
+    features: Tensor  # [B, feature_dim], the classifier's input
+
+
+@dataclass
+class BackboneOptions(Options):
+    """Keys of every backbone: where its weights start from. Subclasses add the architecture's own."""
+
+    group = "backbone"
+    init_from: Optional[str] = option(None, "start from another ssl-cli run's weights: a run directory or a "
+                                            "checkpoint file (e.g. a simclr/byol pretraining run)")
+    freeze_features: bool = option(False, "train the classifier only (a linear probe): features get no "
+                                          "gradient, BatchNorm keeps its statistics")
+
+    LOADING_KEYS = ("init_from", "freeze_features")
+
+    def architecture(self) -> dict:
+        """The options that shape the network (what a checkpoint must match), without the loading keys."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LOADING_KEYS}
 
 
 class Backbone(nn.Module):
@@ -49,8 +70,9 @@ class Backbone(nn.Module):
         """[B, C, H, W] images -> [B, feature_dim] embedding."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+    def forward(self, x: Tensor) -> ModelOutput:
+        f = self.features(x)
+        return ModelOutput(self.classifier(f), f)
 
     def freeze_features(self) -> None:
         """Trains the classifier only: feature weights get no gradient and BatchNorm keeps its statistics."""
@@ -69,26 +91,10 @@ class Backbone(nn.Module):
         return self
 
 
-def _option_names(builder: Callable) -> List[str]:
-    params = list(inspect.signature(builder).parameters.values())
-    return [p.name for p in params
-            if p.name not in _DATA_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def backbone_options(name: str) -> List[str]:
-    """The option names backbone `name` accepts (UserError for an unknown name)."""
-    return _option_names(BACKBONES.get(name))
-
-
-def build_backbone(name: str, in_channels: int, num_classes: int, image_size: Sequence[int], **options) -> Backbone:
+def build_backbone(name: str, options: BackboneOptions, in_channels: int, num_classes: int,
+                   image_size: Sequence[int]) -> Backbone:
     """Builds the backbone registered as `name` for images of `in_channels` x image_size (H, W)."""
     builder = BACKBONES.get(name)
-    allowed = _option_names(builder)
-    unknown = sorted(k for k in options if k not in allowed)
-    if unknown:
-        plural = "s" if len(unknown) > 1 else ""
-        raise UserError(f"backbone={name} has no option{plural} {', '.join(unknown)}; "
-                        f"allowed options: {', '.join(allowed) if allowed else 'none'}")
     in_channels = _positive_int(in_channels, f"backbone={name} needs a positive number of input channels")
     num_classes = _positive_int(num_classes, f"backbone={name} needs a positive number of classes")
     try:
@@ -98,7 +104,7 @@ def build_backbone(name: str, in_channels: int, num_classes: int, image_size: Se
     if len(size) != 2:
         raise UserError(f"backbone={name} needs image_size as (height, width), got {image_size!r}")
     size = tuple(_positive_int(s, f"backbone={name} needs a positive image height and width") for s in size)
-    return builder(in_channels, num_classes, size, **options)
+    return builder(options, in_channels, num_classes, size)
 
 
 def _positive_int(value, message: str) -> int:
@@ -111,19 +117,6 @@ def _positive_int(value, message: str) -> int:
     if number < 1:
         raise UserError(f"{message}, got {value!r}")
     return number
-
-
-def _check_dropout(name: str, dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise UserError(f"backbone={name}: dropout must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
-
-
-def _check_bn_momentum(name: str, bn_momentum) -> float:
-    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0.0 < bn_momentum <= 1.0:
-        raise UserError(f"backbone={name}: bn_momentum must be a number in (0, 1] (PyTorch convention: "
-                        f"weight of the new batch in the running statistics), got {bn_momentum!r}")
-    return float(bn_momentum)
 
 
 def _global_average(x: Tensor) -> Tensor:
@@ -169,12 +162,16 @@ class SmallCNN(Backbone):
         return self.dense(self.conv(x))
 
 
-@BACKBONES.register("cnn")
-def cnn(in_channels, num_classes, image_size, batch_norm: bool = True, dropout: float = 0.0) -> Backbone:
-    if not isinstance(batch_norm, bool):
-        raise UserError(f"backbone=cnn: batch_norm must be true or false, got {batch_norm!r}")
-    return SmallCNN(in_channels, num_classes, image_size, batch_norm=batch_norm,
-                    dropout=_check_dropout("cnn", dropout))
+@dataclass
+class CNNOptions(BackboneOptions):
+    batch_norm: bool = option(True, "BatchNorm after each convolution")
+    dropout: float = option(0.0, "dropout before the classifier", low=0, below=1)
+
+
+@BACKBONES.register("cnn", CNNOptions)
+def cnn(o: CNNOptions, in_channels, num_classes, image_size) -> Backbone:
+    """Three 3x3 conv blocks (32, 64, 128 filters) with max-pooling and a 128-unit dense layer."""
+    return SmallCNN(in_channels, num_classes, image_size, batch_norm=o.batch_norm, dropout=o.dropout)
 
 
 # --------------------------------------------------------------------------- WideResNet (FixMatch)
@@ -257,74 +254,49 @@ class WideResNet(Backbone):
         return _global_average(x)
 
 
-def _wide_resnet(name: str, in_channels, num_classes, image_size, depth: int, widen: int,
-                 bn_momentum, dropout) -> Backbone:
-    return WideResNet(in_channels, num_classes, image_size, depth=depth, widen=widen,
-                      bn_momentum=_check_bn_momentum(name, bn_momentum), dropout=_check_dropout(name, dropout))
+@dataclass
+class WideResNetOptions(BackboneOptions):
+    bn_momentum: float = option(0.001, "BatchNorm momentum, PyTorch's convention (weight of the new batch in "
+                                       "the running statistics; FixMatch's 0.999 decay)", above=0, high=1)
+    dropout: float = option(0.0, "dropout inside each block", low=0, below=1)
 
 
-@BACKBONES.register("wrn28_2")
-def wrn28_2(in_channels, num_classes, image_size, bn_momentum: float = 0.001, dropout: float = 0.0) -> Backbone:
-    return _wide_resnet("wrn28_2", in_channels, num_classes, image_size, 28, 2, bn_momentum, dropout)
+@BACKBONES.register("wrn28_2", WideResNetOptions)
+def wrn28_2(o: WideResNetOptions, in_channels, num_classes, image_size) -> Backbone:
+    """WideResNet-28-2 (about 1.47 M parameters), the standard SSL backbone for CIFAR-10 and SVHN."""
+    return WideResNet(in_channels, num_classes, image_size, depth=28, widen=2, bn_momentum=o.bn_momentum,
+                      dropout=o.dropout)
 
 
-@BACKBONES.register("wrn28_8")
-def wrn28_8(in_channels, num_classes, image_size, bn_momentum: float = 0.001, dropout: float = 0.0) -> Backbone:
-    return _wide_resnet("wrn28_8", in_channels, num_classes, image_size, 28, 8, bn_momentum, dropout)
+@BACKBONES.register("wrn28_8", WideResNetOptions)
+def wrn28_8(o: WideResNetOptions, in_channels, num_classes, image_size) -> Backbone:
+    """WideResNet-28-8 (about 23 M parameters), FixMatch's backbone for CIFAR-100."""
+    return WideResNet(in_channels, num_classes, image_size, depth=28, widen=8, bn_momentum=o.bn_momentum,
+                      dropout=o.dropout)
 
 
 # --------------------------------------------------------------------------- ResNet-18 (CIFAR stem)
 
 
-class _BasicBlock(nn.Module):
-    """Post-activation ResNet basic block: conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(c_out))
-        else:
-            self.downsample = nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.downsample(x))
-
-
 class ResNet18(Backbone):
-    """ResNet-18 for small images: a 3x3 stride-1 stem without max-pool, four stages of two basic blocks
-    (64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pooling."""
+    """torchvision's ResNet-18 with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int]):
         super().__init__(in_channels, num_classes, image_size)
-        self.stem = nn.Sequential(nn.Conv2d(self.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False),
-                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        stages: List[nn.Module] = []
-        c_in = 64
-        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            stages.append(nn.Sequential(_BasicBlock(c_in, width, stride), _BasicBlock(width, width, 1)))
-            c_in = width
-        self.stages = nn.Sequential(*stages)
-        self.feature_dim = c_in
-        self.classifier = nn.Linear(c_in, self.num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(self.in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+        self.feature_dim = net.fc.in_features
+        net.fc = nn.Identity()  # the network ends at the pooled features; the classifier is ours
+        self.net = net
+        self.classifier = nn.Linear(self.feature_dim, self.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        return _global_average(self.stages(self.stem(x)))
+        return self.net(x)
 
 
-@BACKBONES.register("resnet18")
-def resnet18(in_channels, num_classes, image_size) -> Backbone:
+@BACKBONES.register("resnet18", BackboneOptions)
+def resnet18(o: BackboneOptions, in_channels, num_classes, image_size) -> Backbone:
+    """ResNet-18 with the CIFAR stem (11.2 M parameters)."""
     return ResNet18(in_channels, num_classes, image_size)

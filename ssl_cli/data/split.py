@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from ssl_cli.errors import UserError
+from ssl_cli.core.errors import UserError
 
 SPLIT_FILE = "labeled_indices.json"
 
@@ -61,13 +61,13 @@ def make_split(
     num_validation: int = 0,
     unlabeled_includes_labeled: bool = True,
 ) -> Split:
-    """Draws a class-balanced labeled set (and a class-balanced validation set before it)."""
+    """Draws a class-balanced labeled set (and a class-balanced validation set before it).
+
+    The sizes' types and ranges are checked where they are declared (ssl_cli.data.base.DatasetOptions);
+    what depends on the data (enough images per class) is checked here.
+    """
     labels = np.asarray(labels)
     n = len(labels)
-    if (num_labels is None) == (label_fraction is None):
-        raise UserError("set exactly one of dataset.num_labels and dataset.label_fraction (set the other to null)")
-    if num_validation is None or num_validation < 0:
-        raise UserError(f"dataset.num_validation must be >= 0, got {num_validation}")
     if num_validation > n - num_classes:
         raise UserError(f"dataset.num_validation={num_validation} leaves too few training images (there are {n})")
     rng = np.random.default_rng(seed)
@@ -81,8 +81,6 @@ def make_split(
     pool_size = sum(len(p) for p in pool)
 
     if label_fraction is not None:
-        if not 0 < label_fraction <= 1:
-            raise UserError(f"dataset.label_fraction must be in (0, 1], got {label_fraction}")
         num_labels = max(num_classes, int(round(label_fraction * pool_size)))
     assert num_labels is not None
     if num_labels < num_classes:

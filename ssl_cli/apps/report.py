@@ -26,9 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import matplotlib
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from ssl_cli.core.tables import markdown_table
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 console = Console()
 
@@ -80,8 +89,6 @@ def _read_overrides(job: Path) -> Optional[List[str]]:
     if not path.exists():
         return None
     try:
-        from omegaconf import OmegaConf
-
         return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))]
     except Exception:  # an unreadable file only costs the variant column
         return None
@@ -221,19 +228,27 @@ def expected_jobs(root: Path) -> Optional[List[List[str]]]:
     if not path.exists():
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import OmegaConf
-
         cfg = OmegaConf.load(path)
         if not str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
             return None
         params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
         args = [f"{k}={v}" for k, v in params.items()] + [str(o) for o in cfg.hydra.overrides.task]
-        overrides = OverridesParser.create().parse_overrides(args)
-        return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        return grid_jobs(OverridesParser.create().parse_overrides(args))
     except Exception:  # a hand-edited or foreign multirun.yaml: fall back to the runs found
         return None
+
+
+def grid_jobs(overrides) -> List[List[str]]:
+    """The jobs of a grid sweep, as Hydra's basic sweeper forms them: the product of every key's values,
+    keys in the order they first appear, a later override of a key replacing its values."""
+    values: Dict[str, List[str]] = {}
+    for o in overrides:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            values[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            values[key] = [o.input_line]
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def missing_from_sweep(expected: List[List[str]], summaries: List[dict]) -> List[str]:
@@ -448,14 +463,12 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
     with_val = any(r["val_accuracy_mean"] is not None for r in rows)
     header = ["labels", "method", "test accuracy", "runs", "vs supervised"] + (["val accuracy"] if with_val else [])
     header += ["mask rate", "pseudo-label acc"]
+    table = [[str(r["num_labels"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
+              _delta(r["vs_supervised"])] + ([_pct(r["val_accuracy_mean"])] if with_val else [])
+             + [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])] for r in rows]
     lines = [f"Test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
              f"Nothing is selected on the test set.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" if h == "method" else "---:" for h in header) + "|"]
-    for r in rows:
-        cells = [str(r["num_labels"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
-                 _delta(r["vs_supervised"])] + ([_pct(r["val_accuracy_mean"])] if with_val else [])
-        cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
-        lines.append("| " + " | ".join(cells) + " |")
+             markdown_table(header, table, align="".join("l" if h == "method" else "r" for h in header)).rstrip()]
     lines += [""] + [f"- {line}" for line in labels_needed_lines(report)]
     if report.failed or report.pending or report.missing or report.skipped:
         lines += ["", f"Incomplete: {len(report.failed)} failed, {len(report.pending)} without summary, "
@@ -476,11 +489,6 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
 def plot_label_efficiency(report: Report, path: Path) -> Optional[Path]:
     if not report.cells:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method in report.methods:
         points = sorted((n, c.mean, c.std) for (m, n), c in report.cells.items() if m == method)
@@ -527,12 +535,6 @@ def main(argv=None) -> None:
     if not report.cells:
         print(f"ssl-report: error: no completed runs under {args.sweep_dir}", file=sys.stderr)
         sys.exit(2)
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
 
 
 class SweepReport(Callback):

@@ -1,0 +1,104 @@
+"""A trained model without its training data: `load_model(run_dir_or_checkpoint)`.
+
+Every checkpoint of format 2 carries a model card: the backbone and its options, the input channels and
+size, the normalisation mean/std and the class names. That is enough to rebuild the network, load the
+weights it was evaluated with (the EMA weights where the run kept an EMA) and apply it to new images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ssl_cli.core.errors import UserError
+from ssl_cli.engine.checkpoint import WRITTEN_BY, load_checkpoint
+from ssl_cli.engine.outputs import LAST
+from ssl_cli.models import BACKBONES, build_backbone
+from ssl_cli.transforms.views import Normalizer
+
+ImageLike = Union[str, Path, Image.Image]
+
+
+def checkpoint_path(source) -> Path:
+    """A run directory (its last.pt; a selfsup run's finetune/last.pt) or a checkpoint file."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        for candidate in (path / LAST, path / "finetune" / LAST):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{source}: no {LAST} in that directory (nor in its finetune/); give a run directory "
+                        f"or a checkpoint file")
+    if not path.is_file():
+        raise UserError(f"{source}: no such run directory or checkpoint file")
+    return path
+
+
+class TrainedModel(torch.nn.Module):
+    """A trained classifier with its preprocessing. `model(images)` -> (class names, probabilities)."""
+
+    def __init__(self, network: torch.nn.Module, card: dict, source: Path):
+        super().__init__()
+        self.network = network.eval()
+        self.card, self.source = card, source
+        self.class_names: List[str] = list(card["class_names"])
+        self.channels: int = int(card["channels"])
+        self.image_size: Tuple[int, int] = tuple(card["image_size"])
+        self.normalize = Normalizer(card["mean"], card["std"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @torch.no_grad()
+    def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities [N, classes] of uint8 images [N, C, H, W] at the model's input size."""
+        if tuple(images_uint8.shape[1:]) != (self.channels, *self.image_size):
+            raise UserError(f"images of shape {tuple(images_uint8.shape[1:])} given; this model takes "
+                            f"{self.channels}x{self.image_size[0]}x{self.image_size[1]} (use model.preprocess)")
+        out = []
+        for start in range(0, len(images_uint8), batch_size):
+            x = self.normalize(images_uint8[start:start + batch_size].to(self.device))
+            out.append(torch.softmax(self.network(x).logits.float(), dim=1))
+        return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """One image (a path or a PIL image) as the model's uint8 input [C, H, W]."""
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as img:
+                return self.preprocess(img.copy())
+        img = image.convert("L" if self.channels == 1 else "RGB")
+        h, w = self.image_size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
+        t = torch.from_numpy(array.copy())
+        return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+    def forward(self, images: Sequence[ImageLike]) -> Tuple[List[str], torch.Tensor]:
+        """Predicted class names and class probabilities [N, classes] of a list of PIL images or paths."""
+        batch = torch.stack([self.preprocess(i) for i in images]) if len(images) else \
+            torch.zeros(0, self.channels, *self.image_size, dtype=torch.uint8)
+        probs = self.probabilities(batch)
+        return [self.class_names[i] for i in probs.argmax(dim=1).tolist()], probs
+
+
+def load_model(source, device: Union[str, torch.device] = "cpu") -> TrainedModel:
+    """The model a run trained (the weights it evaluated), rebuilt from its checkpoint alone."""
+    path = checkpoint_path(source)
+    state = load_checkpoint(path, map_location="cpu")
+    card = state.get("model_card") or {}
+    if state.get("upgraded_from") or not card.get("class_names"):
+        version = state.get("upgraded_from", 1)
+        raise UserError(f"{path} was written by {WRITTEN_BY.get(version, 'an older ssl-cli')} (checkpoint format "
+                        f"{version}), which kept no class names or normalisation; resume it once (ssl-train "
+                        f"resume={path.parent}), which rewrites its {LAST} in the current format")
+    options = BACKBONES.options(card["backbone"])(**card["backbone_options"])
+    network = build_backbone(card["backbone"], options, card["channels"], card["num_classes"], card["image_size"])
+    weights = state["ema"] if card.get("evaluated_weights") == "ema" and state.get("ema") else state["model"]
+    network.load_state_dict(weights)
+    return TrainedModel(network, card, path).to(device)
+

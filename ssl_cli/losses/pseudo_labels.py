@@ -1,0 +1,136 @@
+"""Shared pieces of pseudo-labelling methods: which unlabeled images count, and what their targets are.
+
+Stateless helpers are functions. The adaptive thresholds and distribution alignment keep running
+statistics in buffers (so they are checkpointed with the method that owns them) and split into a pure
+part used inside `training_step` (`mask`, `align`) and an `update` that the method calls once per
+optimiser step from `after_step`, with that step's detached outputs. Nothing here reads a tensor back
+to the host, so none of it costs a sync on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax of detached logits in float32: pseudo-labels are targets, no gradient flows into them.
+
+    float32 also under bf16 autocast, so the comparison with a threshold such as 0.95 is not rounded.
+    """
+    return torch.softmax(logits.detach().float(), dim=1)
+
+
+def confident_pseudo_labels(logits: torch.Tensor, confidence_threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo-labels (argmax) and a 0/1 mask of those whose probability reaches a fixed threshold."""
+    confidence, pseudo_labels = probabilities(logits).max(dim=1)
+    return pseudo_labels, (confidence >= confidence_threshold).float()
+
+
+def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p^(1/T), renormalised (MixMatch, UDA): T < 1 makes the distribution more confident."""
+    p = probs.pow(1.0 / temperature)
+    return p / p.sum(dim=1, keepdim=True)
+
+
+def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
+          generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MixMatch's MixUp: each row mixed with a random other row, λ ~ Beta(α, α) and λ = max(λ, 1 - λ).
+
+    The max keeps each mixed row closer to its own input, so the first rows stay "labeled" and the rest
+    "unlabeled" when both kinds are mixed together. Returns (mixed inputs, mixed targets, λ).
+    """
+    lam = torch.distributions.Beta(alpha, alpha).sample().to(inputs.device)
+    lam = torch.maximum(lam, 1 - lam)
+    perm = torch.randperm(inputs.shape[0], generator=generator, device=generator.device if generator else None)
+    perm = perm.to(inputs.device)
+    mixed = lam * inputs + (1 - lam) * inputs[perm]
+    mixed_targets = lam * targets + (1 - lam) * targets[perm]
+    return mixed, mixed_targets, lam
+
+
+class ClassWiseThreshold(nn.Module):
+    """FlexMatch's curriculum (Zhang et al. 2021, eq. 6-7): each class's threshold follows how many unlabeled
+    images it has already claimed.
+
+    State: `selected_label[i]`, the last confident pseudo-label of unlabeled image i (-1: none yet).
+    Learning effect σ_c = (images claimed by class c) / (the most claimed by any class, counting the
+    unclaimed too during warm-up); threshold_c = τ · M(σ_c) with the convex mapping M(x) = x / (2 - x).
+    """
+
+    def __init__(self, num_unlabeled: int, num_classes: int, threshold: float, warmup: bool = True):
+        super().__init__()
+        self.num_classes, self.threshold, self.warmup = num_classes, threshold, warmup
+        self.register_buffer("selected_label", torch.full((num_unlabeled,), -1, dtype=torch.long))
+        self.register_buffer("learning_effect", torch.zeros(num_classes))
+
+    def thresholds(self) -> torch.Tensor:
+        sigma = self.learning_effect
+        return self.threshold * sigma / (2.0 - sigma)
+
+    def mask(self, probs: torch.Tensor) -> torch.Tensor:
+        confidence, label = probs.max(dim=1)
+        return (confidence >= self.thresholds()[label]).float()
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, indices: torch.Tensor) -> None:
+        confidence, label = probs.max(dim=1)
+        confident = confidence > self.threshold
+        current = self.selected_label[indices]
+        self.selected_label[indices] = torch.where(confident, label, current)
+        counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1).float()
+        claimed = counts[1:]
+        denominator = counts.max() if self.warmup else claimed.max()
+        # Until some image is claimed (every image still unclaimed), the effects stay as they were.
+        anything = counts[0] < self.selected_label.numel()
+        effect = claimed / denominator.clamp_min(1.0)
+        self.learning_effect.copy_(torch.where(anything, effect, self.learning_effect))
+
+
+class SelfAdaptiveThreshold(nn.Module):
+    """FreeMatch's thresholds (Wang et al. 2023, eq. 5-8): a global τ (EMA of the mean confidence) scaled per
+    class by the EMA of the mean class probabilities, τ_c = τ · p̃_c / max(p̃)."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.999):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("global_threshold", torch.tensor(1.0 / num_classes))
+        self.register_buffer("class_probs", torch.full((num_classes,), 1.0 / num_classes))
+
+    def thresholds(self) -> torch.Tensor:
+        return self.global_threshold * self.class_probs / self.class_probs.max()
+
+    def mask(self, probs: torch.Tensor) -> torch.Tensor:
+        confidence, label = probs.max(dim=1)
+        return (confidence >= self.thresholds()[label]).float()
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        m = self.momentum
+        self.global_threshold.mul_(m).add_((1 - m) * probs.max(dim=1).values.mean())
+        self.class_probs.mul_(m).add_((1 - m) * probs.mean(dim=0))
+
+
+class DistributionAlignment(nn.Module):
+    """ReMixMatch's distribution alignment (Berthelot et al. 2020, sec. 3.2): scale the unlabeled
+    predictions by target / running mean of the model's predictions, then renormalise.
+
+    The target is the labeled set's class prior or uniform; the running mean is an EMA over steps.
+    """
+
+    def __init__(self, target: Sequence[float], momentum: float = 0.999):
+        super().__init__()
+        self.momentum = momentum
+        target = torch.as_tensor(list(target), dtype=torch.float32)
+        self.register_buffer("target", target / target.sum())
+        self.register_buffer("model_probs", torch.full_like(target, 1.0 / len(target)))
+
+    def align(self, probs: torch.Tensor) -> torch.Tensor:
+        aligned = probs * (self.target / self.model_probs.clamp_min(1e-6))
+        return aligned / aligned.sum(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        self.model_probs.mul_(self.momentum).add_((1 - self.momentum) * probs.mean(dim=0))

@@ -1,0 +1,40 @@
+"""Self-supervised losses: SimCLR's NT-Xent and BYOL's regression loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _positives(n: int, device) -> torch.Tensor:
+    """For 2N stacked embeddings (view 1 then view 2), the index of each one's other view."""
+    return torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(device)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross-entropy over the 2N embeddings of N image pairs.
+
+    Each embedding's positive is the other view of its image; the other 2N - 2 embeddings are its
+    negatives. Rows are L2-normalised, similarities divided by `temperature`, and the loss averaged
+    over all 2N anchors.
+    """
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.t() / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    return F.cross_entropy(logits, _positives(n, z.device))
+
+
+def contrastive_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Share of anchors whose most similar other embedding is their positive (a training monitor)."""
+    z = F.normalize(torch.cat([z1, z2]).detach().float(), dim=1)
+    n = z1.shape[0]
+    sim = (z @ z.t()).fill_diagonal_(float("-inf"))
+    return (sim.argmax(dim=1) == _positives(n, z.device)).float().mean()
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss 2 - 2 cos(prediction, target), averaged over rows; no gradient into the target."""
+    p = F.normalize(prediction.float(), dim=1)
+    z = F.normalize(target.detach().float(), dim=1)
+    return (2 - 2 * (p * z).sum(dim=1)).mean()

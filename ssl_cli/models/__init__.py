@@ -1,0 +1,5 @@
+"""Networks: backbones returning logits and features in one call, the weight EMA, method heads."""
+
+from ssl_cli.models.backbones import BACKBONES, Backbone, BackboneOptions, ModelOutput, build_backbone
+
+__all__ = ["BACKBONES", "Backbone", "BackboneOptions", "ModelOutput", "build_backbone"]
