@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # scripts/gpu_check.sh OUT_DIR [--rehearse] [--only PARTS]
 #
-# Issue 19's whole GPU check in one go (at most about 8 minutes on the H200): carried wheels, ssl-cli
+# Issue 19's whole GPU check in one go (BUDGET_S, 8 minutes, on the H200): carried wheels, ssl-cli
 # itself, the CUDA-only tests, ssl-bench for WRN-28-2 FixMatch (eager at 64 + 448 and at a batch that
 # fills the GPU, then --compile and --compile reduce-overhead), and a real CIFAR-10 FixMatch run
-# (WRN-28-2, 250 labels) with as many steps as TRAIN_SECONDS allow at the measured eager speed.
+# (WRN-28-2, 250 labels) with as many steps as the time left allows (at most TRAIN_SECONDS) at the
+# measured eager speed. CIFAR-10 is unpacked and decoded into the cache in the background during the
+# tests (about 35 s of one core), so the run starts on decoded data. Each step has its own time limit.
+# Order: tests, eager benches, compile benches (capped), then training gets what is left of BUDGET_S.
 # It writes 8 files into OUT_DIR (the device tool returns at most 8):
 #   summary.json         every step's status, seconds and command; environment; pytest counts; bench
 #                        headlines; the training run's final accuracy and wall time
@@ -24,9 +27,12 @@
 #   bash scripts/gpu_wheels.sh            # .whl/: 3 pure-Python wheels, 384 KiB
 #   python3 scripts/pack_cifar10.py       # .gpu_data/cifar10.pack: 54.2 MiB (tree + carry <= 64 MiB)
 # then, with the device tool:
-#   run(command="bash scripts/gpu_check.sh $OUT", carry=[".whl", ".gpu_data"], timeout_s=560)
-# A second call on the still-warm machine (30 s) reuses /tmp/site, /tmp/cifar10 and the decode cache:
-#   run(command="bash scripts/gpu_check.sh $OUT --only compile", carry=[".whl", ".gpu_data"], timeout_s=300)
+#   run(command="bash scripts/gpu_check.sh $OUT", carry=[".whl", ".gpu_data"], timeout_s=540)
+# That spends about 8 + 1-2 (start) of the 15 device minutes; training gets 2-4 minutes of it, depending
+# on how long compiling takes. For 4-5 minutes of training instead (about 11 device minutes in all):
+#   run(command="BUDGET_S=570 bash scripts/gpu_check.sh $OUT", carry=[".whl", ".gpu_data"], timeout_s=600)
+# A rerun right after (the machine stays warm 30 s) reuses /tmp/site, /tmp/cifar10 and the decode cache:
+#   run(command="bash scripts/gpu_check.sh $OUT --only train", carry=[".whl", ".gpu_data"], timeout_s=400)
 # -----------------------------------------------------------------------------------------------------
 #
 # Only stable command-line interfaces are used (ssl-train key=value, ssl-bench --flags, pytest -k);
@@ -68,16 +74,26 @@ BENCH_SMALL=(--batch-size 64 --repeats 10 --warmup 3 --steps-per-repeat 10)
 BENCH_BIG=(--batch-size 512 --repeats 5 --warmup 2 --steps-per-repeat 3)   # 7,680 images a step
 BENCH_COMPILE=(--compile)                   # ssl-bench --compile [MODE]; MODE default
 BENCH_REDUCE_OVERHEAD=(--compile reduce-overhead)   # CUDA graphs
-T_BENCH=90; T_BENCH_BIG=120; T_COMPILE=150; T_REDUCE_OVERHEAD=180
-# ssl-train: the published recipe's config, shortened to TRAIN_STEPS (default: TRAIN_SECONDS x the eager
-# bench's steps/s x TRAIN_SPEED_SHARE, within [TRAIN_MIN_STEPS, TRAIN_MAX_STEPS])
-TRAIN_SECONDS=${TRAIN_SECONDS:-240}
+T_BENCH=90; T_BENCH_BIG=120; T_COMPILE=120; T_REDUCE_OVERHEAD=150
+# ssl-train: the published recipe's config, shortened to TRAIN_STEPS (default: the training seconds x the
+# eager bench's steps/s x TRAIN_SPEED_SHARE, within [TRAIN_MIN_STEPS, TRAIN_MAX_STEPS]). The training
+# seconds: TRAIN_SECONDS, or less when less is left of BUDGET_S after T_TRAIN_EXTRA (skipped below
+# TRAIN_MIN_SECONDS).
+TRAIN_SECONDS=${TRAIN_SECONDS:-270}
+TRAIN_MIN_SECONDS=60
 TRAIN_SPEED_SHARE=0.8                # training also evaluates, keeps the EMA and logs
 TRAIN_MIN_STEPS=2000; TRAIN_MAX_STEPS=40000; TRAIN_FALLBACK_STEPS=8000   # fallback: no bench speed
 TRAIN_EVALS=10                       # evaluations over the run (trainer.eval_every = steps / this)
 TRAIN_OVERRIDES=(experiment=fixmatch_cifar10_250 trainer.device="$DEVICE" dataset.root="$DATA"
                  trainer.progress_bar=false)
-T_TRAIN_EXTRA=150                    # start-up, decoding, evaluations on top of TRAIN_SECONDS
+TRAIN_EXTRA_OVERRIDES=()             # e.g. (trainer.compile=true) if the compile bench shows it pays
+T_TRAIN_EXTRA=60                     # start-up, cache load, evaluations on top of the training seconds
+# Decodes CIFAR-10 into SSL_CLI_CACHE in the background (same dataset keys as the run, so the same cache
+# entry): a 1-step supervised cnn run on the CPU.
+PREWARM_OVERRIDES=(dataset=cifar10 dataset.root="$DATA" dataset.num_labels=250 backbone=cnn method=supervised trainer.device=cpu
+                   trainer.max_steps=1 trainer.eval_every=1 trainer.batch_size=8 trainer.progress_bar=false
+                   trainer.num_threads=4)
+T_PREWARM=240
 UNPACK_ARGS=()
 MIN_STEP_S=20                        # skip a step with less time left than this
 
@@ -97,11 +113,14 @@ if [ $REHEARSE = 1 ]; then
     BENCH_COMPILE=(--compile)
     BENCH_REDUCE_OVERHEAD=(--compile reduce-overhead)
     T_BENCH=120; T_BENCH_BIG=120; T_COMPILE=400; T_REDUCE_OVERHEAD=400
-    TRAIN_SECONDS=2; TRAIN_MIN_STEPS=3; TRAIN_MAX_STEPS=4; TRAIN_EVALS=2
+    TRAIN_SECONDS=2; TRAIN_MIN_SECONDS=1; TRAIN_MIN_STEPS=3; TRAIN_MAX_STEPS=4; TRAIN_EVALS=2
     TRAIN_OVERRIDES=(experiment=fixmatch_cifar10_250 trainer.device="$DEVICE" dataset.root="$DATA"
                      trainer.progress_bar=false backbone=cnn trainer.batch_size=4 method.unlabeled_ratio=2
                      trainer.eval_batch_size=64 trainer.num_threads=1)
     T_TRAIN_EXTRA=300
+    PREWARM_OVERRIDES=(dataset=cifar10 dataset.root="$DATA" dataset.num_labels=250 backbone=cnn method=supervised trainer.device=cpu
+                       trainer.max_steps=1 trainer.eval_every=1 trainer.batch_size=8 trainer.progress_bar=false
+                       trainer.num_threads=1)
     UNPACK_ARGS=(--limit 30)         # 300 training and 300 test images: enough for 250 labels
 fi
 BIN=$SITE/bin
@@ -224,6 +243,29 @@ print(json.dumps(env, indent=2))
 PY
 say "environment: $("$PYTHON" -c 'import json,sys; e=json.load(open(sys.argv[1])); print(e.get("torch"), e.get("gpu", "no GPU"), "ssl_cli from", e["ssl_cli"].get("file"))' "$WORK/env.json" 2>&1)"
 
+# ---- e (first half). Unpack CIFAR-10 and decode it into the cache, in the background ----------------------
+prewarm() {
+    if [ -f "$DATA/.unpacked" ] && [ "$(cat "$DATA/.unpacked")" = "$UNPACK_TAG" ]; then
+        echo "data: $DATA already unpacked"
+    else
+        rm -rf "$DATA"
+        "$PYTHON" "$REPO/scripts/pack_cifar10.py" --unpack "$DATA" --pack "$PACK" "${UNPACK_ARGS[@]}" \
+            && echo "$UNPACK_TAG" >"$DATA/.unpacked" || return 1
+    fi
+    (cd "$WORK" && "$BIN/ssl-train" "${PREWARM_OVERRIDES[@]}" hydra.run.dir="$WORK/prewarm")
+}
+UNPACK_TAG="${UNPACK_ARGS[*]:-all}"
+export DATA PACK UNPACK_TAG WORK BIN
+export -f prewarm
+PREWARM_PID=
+if wants train; then
+    # Arrays do not cross `bash -c`: pass them as arguments.
+    step prewarm "$T_PREWARM" "$WORK/prewarm.log" bash -c 'UNPACK_ARGS=("${@:2:$1}"); shift $(($1 + 1));
+        PREWARM_OVERRIDES=("$@"); prewarm' _ "${#UNPACK_ARGS[@]}" "${UNPACK_ARGS[@]}" "${PREWARM_OVERRIDES[@]}" \
+        >/dev/null &
+    PREWARM_PID=$!
+fi
+
 # ---- c. the CUDA-only tests (run outside the tree, so that the installed ssl_cli is the one tested) ------
 if wants tests; then
     (cd "$WORK/pytest" && step tests "$T_TESTS" "$WORK/tests.log" \
@@ -241,17 +283,22 @@ if wants bench; then
     bench big "$T_BENCH_BIG" "${BENCH_BIG[@]}"
 fi
 
-# ---- e. CIFAR-10 FixMatch, WRN-28-2, 250 labels, for about TRAIN_SECONDS --------------------------------
+# ---- d. ssl-bench with torch.compile (each capped: compiling can take minutes or fail) -------------------
+if wants compile; then
+    bench compile "$T_COMPILE" "${BENCH_SMALL[@]}" "${BENCH_COMPILE[@]}"
+    bench reduce_overhead "$T_REDUCE_OVERHEAD" "${BENCH_SMALL[@]}" "${BENCH_REDUCE_OVERHEAD[@]}"
+fi
+
+# ---- e. CIFAR-10 FixMatch, WRN-28-2, 250 labels, for what is left of BUDGET_S (at most TRAIN_SECONDS) --------
 if wants train; then
-    if [ -f "$DATA/.unpacked" ] && [ "$(cat "$DATA/.unpacked")" = "${UNPACK_ARGS[*]:-all}" ]; then
-        say "data: $DATA already unpacked"
-    else
-        rm -rf "$DATA"
-        step unpack 120 "$WORK/train.log" "$PYTHON" "$REPO/scripts/pack_cifar10.py" --unpack "$DATA" \
-            --pack "$PACK" "${UNPACK_ARGS[@]}" && echo "${UNPACK_ARGS[*]:-all}" >"$DATA/.unpacked"
+    if [ -n "$PREWARM_PID" ]; then
+        say "waiting for the background unpack and decode"
+        wait "$PREWARM_PID"
     fi
+    LEFT=$((DEADLINE - $(date +%s) - T_TRAIN_EXTRA))
+    SECONDS_TO_TRAIN=$((LEFT < TRAIN_SECONDS ? LEFT : TRAIN_SECONDS))
     if [ -n "${TRAIN_STEPS:-}" ]; then STEPS=$TRAIN_STEPS; else STEPS=$("$PYTHON" - "$WORK/bench_eager.json" \
-        "$TRAIN_SECONDS" "$TRAIN_SPEED_SHARE" "$TRAIN_MIN_STEPS" "$TRAIN_MAX_STEPS" "$TRAIN_FALLBACK_STEPS" <<'PY'
+        "$SECONDS_TO_TRAIN" "$TRAIN_SPEED_SHARE" "$TRAIN_MIN_STEPS" "$TRAIN_MAX_STEPS" "$TRAIN_FALLBACK_STEPS" <<'PY'
 import json, sys
 path, secs, share, lo, hi, fallback = sys.argv[1], *map(float, sys.argv[2:])
 try:
@@ -263,16 +310,16 @@ except Exception:
 PY
 ); fi
     EVAL_EVERY=$(( STEPS / TRAIN_EVALS > 0 ? STEPS / TRAIN_EVALS : 1 ))
-    say "training: $STEPS steps (TRAIN_SECONDS=$TRAIN_SECONDS), evaluating every $EVAL_EVERY"
-    (cd "$WORK" && step train $((TRAIN_SECONDS + T_TRAIN_EXTRA)) "$WORK/train.log" \
-        "$BIN/ssl-train" "${TRAIN_OVERRIDES[@]}" trainer.max_steps="$STEPS" trainer.eval_every="$EVAL_EVERY" \
-        trainer.checkpoint_every="$STEPS" hydra.run.dir="$WORK/train")
-fi
-
-# ---- d. ssl-bench with torch.compile (last: compiling can take minutes or fail) --------------------------
-if wants compile; then
-    bench compile "$T_COMPILE" "${BENCH_SMALL[@]}" "${BENCH_COMPILE[@]}"
-    bench reduce_overhead "$T_REDUCE_OVERHEAD" "${BENCH_SMALL[@]}" "${BENCH_REDUCE_OVERHEAD[@]}"
+    if [ -z "${TRAIN_STEPS:-}" ] && [ "$SECONDS_TO_TRAIN" -lt "$TRAIN_MIN_SECONDS" ]; then
+        say "SKIP train: ${SECONDS_TO_TRAIN}s left for training (TRAIN_MIN_SECONDS=$TRAIN_MIN_SECONDS)"
+        record train skipped "" 0 0 "training: ${SECONDS_TO_TRAIN}s left"
+    else
+        say "training: $STEPS steps for about ${SECONDS_TO_TRAIN}s, evaluating every $EVAL_EVERY"
+        (cd "$WORK" && step train $((SECONDS_TO_TRAIN + T_TRAIN_EXTRA)) "$WORK/train.log" \
+            "$BIN/ssl-train" "${TRAIN_OVERRIDES[@]}" ${TRAIN_EXTRA_OVERRIDES[@]+"${TRAIN_EXTRA_OVERRIDES[@]}"} \
+            trainer.max_steps="$STEPS" trainer.eval_every="$EVAL_EVERY" trainer.checkpoint_every="$STEPS" \
+            hydra.run.dir="$WORK/train")
+    fi
 fi
 
 # ---- Results: 8 files in OUT_DIR ------------------------------------------------------------------------
