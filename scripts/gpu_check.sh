@@ -7,7 +7,8 @@
 # (WRN-28-2, 250 labels) with as many steps as the time left allows (at most TRAIN_SECONDS) at the
 # measured eager speed. CIFAR-10 is unpacked and decoded into the cache in the background during the
 # tests (about 35 s of one core), so the run starts on decoded data. Each step has its own time limit.
-# Order: tests, eager benches, compile benches (capped), then training gets what is left of BUDGET_S.
+# Order: tests, eager benches, compile benches (capped, and stopped early enough to leave training
+# TRAIN_RESERVE_S), then training gets what is left of BUDGET_S.
 # It writes 8 files into OUT_DIR (the device tool returns at most 8):
 #   summary.json         every step's status, seconds and command; environment; pytest counts; bench
 #                        headlines; the training run's final accuracy and wall time
@@ -81,8 +82,10 @@ T_BENCH=90; T_BENCH_BIG=120; T_COMPILE=120; T_REDUCE_OVERHEAD=150
 # TRAIN_MIN_SECONDS).
 TRAIN_SECONDS=${TRAIN_SECONDS:-270}
 TRAIN_MIN_SECONDS=60
+TRAIN_RESERVE_S=${TRAIN_RESERVE_S:-150}   # the compile benches stop early enough to leave training this much
 TRAIN_SPEED_SHARE=0.8                # training also evaluates, keeps the EMA and logs
-TRAIN_MIN_STEPS=2000; TRAIN_MAX_STEPS=40000; TRAIN_FALLBACK_STEPS=8000   # fallback: no bench speed
+TRAIN_MIN_STEPS=2000; TRAIN_MAX_STEPS=40000
+TRAIN_FALLBACK_STEPS=${TRAIN_FALLBACK_STEPS:-5000}   # without an eager bench in the same call (--only train)
 TRAIN_EVALS=10                       # evaluations over the run (trainer.eval_every = steps / this)
 TRAIN_OVERRIDES=(experiment=fixmatch_cifar10_250 trainer.device="$DEVICE" dataset.root="$DATA"
                  trainer.progress_bar=false)
@@ -113,7 +116,7 @@ if [ $REHEARSE = 1 ]; then
     BENCH_COMPILE=(--compile)
     BENCH_REDUCE_OVERHEAD=(--compile reduce-overhead)
     T_BENCH=120; T_BENCH_BIG=120; T_COMPILE=400; T_REDUCE_OVERHEAD=400
-    TRAIN_SECONDS=2; TRAIN_MIN_SECONDS=1; TRAIN_MIN_STEPS=3; TRAIN_MAX_STEPS=4; TRAIN_EVALS=2
+    TRAIN_SECONDS=2; TRAIN_MIN_SECONDS=1; TRAIN_RESERVE_S=5; TRAIN_MIN_STEPS=3; TRAIN_MAX_STEPS=4; TRAIN_EVALS=2
     TRAIN_OVERRIDES=(experiment=fixmatch_cifar10_250 trainer.device="$DEVICE" dataset.root="$DATA"
                      trainer.progress_bar=false backbone=cnn trainer.batch_size=4 method.unlabeled_ratio=2
                      trainer.eval_batch_size=64 trainer.num_threads=1)
@@ -122,6 +125,18 @@ if [ $REHEARSE = 1 ]; then
                        trainer.max_steps=1 trainer.eval_every=1 trainer.batch_size=8 trainer.progress_bar=false
                        trainer.num_threads=1)
     UNPACK_ARGS=(--limit 30)         # 300 training and 300 test images: enough for 250 labels
+fi
+# Rehearsal fidelity: the tests' conftest runs the ssl-train beside sys.executable when there is one, else
+# `python -m ...`. There, python3 has no ssl-train beside it; a development venv has its own (which runs that
+# checkout's entry points, not $SITE's). So rehearse with a bare venv that sees the venv's packages.
+if [ $REHEARSE = 1 ] && [ -e "$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')")/ssl-train" ]; then
+    SHIM=/tmp/gpu_check_rehearse/venv
+    PURELIB=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" -m venv --without-pip --clear "$SHIM" || exit 2
+    SHIM_LIB=$("$SHIM/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    echo "import site; site.addsitedir('$PURELIB')" >"$SHIM_LIB/_gpu_check_rehearse.pth"
+    echo "rehearsal: python $SHIM/bin/python (no ssl-train beside it), packages from $PURELIB"
+    PYTHON=$SHIM/bin/python
 fi
 BIN=$SITE/bin
 START=$(date +%s)
@@ -284,9 +299,17 @@ if wants bench; then
 fi
 
 # ---- d. ssl-bench with torch.compile (each capped: compiling can take minutes or fail) -------------------
+compile_cap() {  # CAP: at most CAP seconds, and (when training follows) leave it TRAIN_RESERVE_S + T_TRAIN_EXTRA
+    local cap=$1 room
+    if wants train; then
+        room=$((DEADLINE - $(date +%s) - TRAIN_RESERVE_S - T_TRAIN_EXTRA))
+        cap=$((room < cap ? room : cap))
+    fi
+    echo "$cap"
+}
 if wants compile; then
-    bench compile "$T_COMPILE" "${BENCH_SMALL[@]}" "${BENCH_COMPILE[@]}"
-    bench reduce_overhead "$T_REDUCE_OVERHEAD" "${BENCH_SMALL[@]}" "${BENCH_REDUCE_OVERHEAD[@]}"
+    bench compile "$(compile_cap "$T_COMPILE")" "${BENCH_SMALL[@]}" "${BENCH_COMPILE[@]}"
+    bench reduce_overhead "$(compile_cap "$T_REDUCE_OVERHEAD")" "${BENCH_SMALL[@]}" "${BENCH_REDUCE_OVERHEAD[@]}"
 fi
 
 # ---- e. CIFAR-10 FixMatch, WRN-28-2, 250 labels, for what is left of BUDGET_S (at most TRAIN_SECONDS) --------
@@ -305,8 +328,8 @@ try:
     r = json.load(open(path))
     steps_per_s = r["phases"]["step"]["images_per_s"] / r["images_per_step"]
     print(int(min(hi, max(lo, secs * share * steps_per_s))))
-except Exception:
-    print(int(fallback))
+except Exception:  # no eager bench in this call (--only train): TRAIN_FALLBACK_STEPS, or set TRAIN_STEPS
+    print(int(min(hi, max(lo, fallback))))
 PY
 ); fi
     EVAL_EVERY=$(( STEPS / TRAIN_EVALS > 0 ? STEPS / TRAIN_EVALS : 1 ))
