@@ -20,8 +20,9 @@
 # --rehearse: the same commands on this CPU at tiny sizes (cnn, batch 4, a few steps, 30 images a class),
 #             to catch typos before device time is spent. Rehearsed on a 2-core CPU (see GPU_NOTES.md):
 #   PYTHON=/work/main/.venv/bin/python bash scripts/gpu_check.sh /tmp/gpu_out --rehearse
+#   (clean: every step ok in 117 s, about 3 minutes with a cold torch.compile cache; `--only train`: 41 s)
 # --only PARTS: a comma list of tests,bench,train,compile (default: all), e.g. a second call with
-#             --only compile when the first one ran out of BUDGET_S before the compile benches.
+#             --only train when the first one left too little of BUDGET_S for training.
 #
 # ---- The device call -------------------------------------------------------------------------------
 # Only the session's own checkout travels (not a helper's worktree), so prepare it there, in its root:
@@ -32,8 +33,10 @@
 # That spends about 8 + 1-2 (start) of the 15 device minutes; training gets 2-4 minutes of it, depending
 # on how long compiling takes. For 4-5 minutes of training instead (about 11 device minutes in all):
 #   run(command="BUDGET_S=570 bash scripts/gpu_check.sh $OUT", carry=[".whl", ".gpu_data"], timeout_s=600)
-# A rerun right after (the machine stays warm 30 s) reuses /tmp/site, /tmp/cifar10 and the decode cache:
-#   run(command="bash scripts/gpu_check.sh $OUT --only train", carry=[".whl", ".gpu_data"], timeout_s=400)
+# A rerun right after (the machine stays warm 30 s) reuses /tmp/site, /tmp/cifar10 and the decode cache;
+# without an eager bench in that call, give the steps (the first call's steps/s x seconds):
+#   run(command="TRAIN_STEPS=N TRAIN_SECONDS=240 bash scripts/gpu_check.sh $OUT --only train",
+#       carry=[".whl", ".gpu_data"], timeout_s=400)
 # -----------------------------------------------------------------------------------------------------
 #
 # Only stable command-line interfaces are used (ssl-train key=value, ssl-bench --flags, pytest -k);
@@ -190,6 +193,7 @@ say "repo $REPO, out $OUT_DIR, work $WORK, rehearse=$REHEARSE, only=$ONLY, budge
 # ---- a. carried wheels, b. ssl-cli itself (no dependencies, no index) ------------------------------------
 mkdir -p "$SITE"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+export PATH=$BIN:$PATH   # the console scripts pip writes there (ssl-train, ssl-bench, ssl-report)
 install_wheels() {
     compgen -G "$REPO/.whl/*.whl" >/dev/null || { echo "no wheels in $REPO/.whl (run scripts/gpu_wheels.sh and carry .whl)"; return 1; }
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$REPO"/.whl/*.whl
