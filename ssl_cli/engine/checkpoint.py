@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ssl_cli.core.errors import UserError
+from ssl_cli.engine.outputs import LAST
 
 FORMAT_VERSION = 2
 WRITTEN_BY = {1: "ssl-cli 0.1.0", 2: "ssl-cli 0.2"}
@@ -100,3 +101,17 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise UserError(f"cannot load checkpoint {path}: it holds a {type(state).__name__}, not an ssl-cli checkpoint")
     return upgrade(state, path)
+
+
+def find_checkpoint(source, stage: str, label: str = "") -> Path:
+    """A checkpoint file, or the last.pt of a run directory (for a selfsup run, of its `stage` sub-run)."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        for candidate in (path / LAST, path / stage / LAST):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"{label}{source}: no {LAST} in that directory (nor in its {stage}/); give a run directory "
+                        f"or a checkpoint file")
+    if not path.is_file():
+        raise UserError(f"{label}{source}: no such file or directory; give a run directory or a checkpoint file (.pt)")
+    return path

@@ -15,26 +15,12 @@ import torch
 from PIL import Image
 
 from ssl_cli.core.errors import UserError
-from ssl_cli.engine.checkpoint import WRITTEN_BY, load_checkpoint
+from ssl_cli.engine.checkpoint import WRITTEN_BY, find_checkpoint, load_checkpoint
 from ssl_cli.engine.outputs import LAST
 from ssl_cli.models import BACKBONES, build_backbone
 from ssl_cli.transforms.views import Normalizer
 
 ImageLike = Union[str, Path, Image.Image]
-
-
-def checkpoint_path(source) -> Path:
-    """A run directory (its last.pt; a selfsup run's finetune/last.pt) or a checkpoint file."""
-    path = Path(str(source)).expanduser()
-    if path.is_dir():
-        for candidate in (path / LAST, path / "finetune" / LAST):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"{source}: no {LAST} in that directory (nor in its finetune/); give a run directory "
-                        f"or a checkpoint file")
-    if not path.is_file():
-        raise UserError(f"{source}: no such run directory or checkpoint file")
-    return path
 
 
 class TrainedModel(torch.nn.Module):
@@ -88,7 +74,7 @@ class TrainedModel(torch.nn.Module):
 
 def load_model(source, device: Union[str, torch.device] = "cpu") -> TrainedModel:
     """The model a run trained (the weights it evaluated), rebuilt from its checkpoint alone."""
-    path = checkpoint_path(source)
+    path = find_checkpoint(source, stage="finetune")
     state = load_checkpoint(path, map_location="cpu")
     card = state.get("model_card") or {}
     if state.get("upgraded_from") or not card.get("class_names"):

@@ -27,7 +27,7 @@ from ssl_cli.data import load_dataset
 from ssl_cli.data.batches import BatchBuilder, training_data
 from ssl_cli.data.split import SPLIT_FILE, Split, load_split, make_split, save_split
 from ssl_cli.engine.accel import apply_speed_settings
-from ssl_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from ssl_cli.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ssl_cli.engine.config import RunConfig
 from ssl_cli.engine.evaluation import classification_metrics, classify, embed, fit_linear_probe, knn_predict
 from ssl_cli.engine.optim import build_optimizer, build_scheduler
@@ -172,28 +172,13 @@ def check_fits(saved_card: dict, current: dict, source, ignore=()) -> None:
         raise UserError(f"checkpoint {source} does not fit this model: " + ", ".join(diffs))
 
 
-def init_checkpoint(source) -> Path:
-    """The checkpoint behind `backbone.init_from`: a .pt file, a run directory, or a selfsup run's directory."""
-    path = Path(str(source)).expanduser()
-    if path.is_dir():
-        for candidate in (path / LAST, path / "pretrain" / LAST):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"backbone.init_from={source}: no {LAST} in that directory (nor in its pretrain/); "
-                        f"give a run directory or a checkpoint file")
-    if not path.is_file():
-        raise UserError(f"backbone.init_from={source}: no such file or directory; give a run directory or a "
-                        f"checkpoint file (.pt)")
-    return path
-
-
 def load_init_weights(model: torch.nn.Module, source, shape: dict) -> None:
     """Starts `model`'s features from another run's weights (its EMA weights where it kept them: what it
     evaluated). The architecture, input channels and image size must match. The classifier keeps its
     fresh initialisation, the usual fine-tuning protocol: the other run's classifier was trained (or,
     after pretraining, fitted as a probe) on features in eval mode, and a new head adapts more safely.
     """
-    path = init_checkpoint(source)
+    path = find_checkpoint(source, stage="pretrain", label="backbone.init_from=")
     state = load_checkpoint(path)
     check_fits(state.get("model_card"), shape, f"backbone.init_from={source}", ignore=("num_classes",))
     weights = {k: v for k, v in (state.get("ema") or state["model"]).items() if not k.startswith("classifier.")}
