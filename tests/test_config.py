@@ -27,8 +27,7 @@ def test_every_option_composes(group, option):
     if group == "hparams_search" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
         pytest.skip('hydra-optuna-sweeper is not installed (pip install "ssl-cli[sweeps]")')
     cfg = compose([f"{group}={option}"])
-    OmegaConf.resolve(cfg)  # no dangling interpolations, except the mandatory imagefolder root
-    assert cfg.trainer.max_steps > 0
+    OmegaConf.resolve(cfg)  # raises on a dangling interpolation (the imagefolder root ??? is not one)
 
 
 def test_registries_match_config_groups():

@@ -105,16 +105,22 @@ def test_contrastive_views_differ_per_image_and_between_views():
     assert all(not torch.equal(x, y) for x, y in zip(a, b))  # the two views of each image differ
 
 
-def test_contrastive_view_without_motion_or_colour_is_identity():
-    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+def test_contrastive_view_without_flip_or_colour_keeps_colours_and_orientation():
+    # Red rises from left to right; green and blue are flat. Area 1 with a random aspect ratio still
+    # crops (zooms) one side, so pixels move, but without flip, jitter or grayscale the red ramp still
+    # rises left to right and the flat channels keep their value.
+    ramp = torch.linspace(0, 250, 16).round().to(torch.uint8)
+    images = torch.empty(32, 3, 16, 16, dtype=torch.uint8)
+    images[:, 0] = ramp
+    images[:, 1], images[:, 2] = 90, 170
     out = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=False,
-                              jitter=0.0, grayscale_prob=0.0)
-    # Area 1 with a random aspect ratio still crops one side; only ratio 1 is the identity, so compare
-    # against the image only where the crop is (numerically) the full image.
-    assert out.shape == images.shape
-    full = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=False,
-                               jitter=0.0, grayscale_prob=0.0)
-    assert torch.equal(out, full)  # same seed, same view
+                              jitter=0.0, grayscale_prob=0.0).int()
+    assert (out[:, 0, :, 1:] >= out[:, 0, :, :-1]).all()  # never mirrored
+    assert (out[:, 0, :, -1] - out[:, 0, :, 0] > 150).all()
+    assert (out[:, 1] - 90).abs().max() <= 1 and (out[:, 2] - 170).abs().max() <= 1
+    flipped = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=True,
+                                  jitter=0.0, grayscale_prob=0.0).int()
+    assert (flipped[:, 0, :, 0] > flipped[:, 0, :, -1]).any()  # with flip=True some are mirrored
 
 
 def test_augmenter_has_a_contrastive_view_for_every_config():
@@ -133,10 +139,11 @@ def test_pretraining_runs_and_reports_knn_and_probe(method, tmp_path):
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["method"] == method
-    assert 0.0 <= summary["final"]["test/knn_accuracy"] <= 1.0
     assert "linear probe" in summary["reported_accuracy"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("test/knn_accuracy" in r and "val/knn_accuracy" in r for r in rows)
+    # The summary reports the last evaluation, and its kNN monitor beats chance (0.25, 4 classes): ~0.99 here.
+    assert summary["final"]["test/knn_accuracy"] == rows[-1]["test/knn_accuracy"] > 0.5
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert any(k.startswith("projector.") for k in state["method"])
 

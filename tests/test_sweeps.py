@@ -134,9 +134,18 @@ def test_slurm_preset_composes(tmp_path):
     with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True,
                       overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    from hydra.plugins.launcher import Launcher
+    from hydra.utils import get_class
+
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240
+    # The preset names a launcher that exists, and the user's override reaches it.
+    assert issubclass(get_class(launcher._target_), Launcher)
+    assert launcher.partition == "gpu"
+    # The preset extends the plugin's schema: its keys are the plugin's, so a misspelt one is refused.
+    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
+        with pytest.raises(Exception, match="gpus_per_nod"):
+            compose(config_name="train", return_hydra_config=True,
+                    overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_nod=2"])
 
 
 @needs_optuna
