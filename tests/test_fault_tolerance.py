@@ -77,8 +77,12 @@ def resume_in_process(run_dir: Path, monkeypatch) -> None:
     assert code == 0, err
 
 
-@pytest.mark.parametrize("at_step", [3, 6], ids=["at-a-checkpoint-step", "between-checkpoints"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("sig,at_step", [
+    pytest.param(signal.SIGTERM, 6, id="sigterm-between-checkpoints"),
+    pytest.param(signal.SIGTERM, 3, id="sigterm-at-a-checkpoint-step", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 6, id="sigint-between-checkpoints", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 3, id="sigint-at-a-checkpoint-step", marks=pytest.mark.slow),
+])
 def test_signal_at_a_fixed_step_saves_there_and_resumes_to_identical_metrics(sig, at_step, uninterrupted, tmp_path,
                                                                              monkeypatch):
     sent = signal_at(monkeypatch, sig, at_step)
@@ -97,6 +101,7 @@ def test_signal_at_a_fixed_step_saves_there_and_resumes_to_identical_metrics(sig
     assert metric_rows(run_dir) == metric_rows(uninterrupted)
 
 
+@pytest.mark.slow
 def test_signal_in_the_last_step_completes_the_run(uninterrupted, tmp_path, monkeypatch):
     signal_at(monkeypatch, signal.SIGTERM, 11)
     run_dir = completed_in_process(tmp_path, STEPS)
@@ -105,6 +110,7 @@ def test_signal_in_the_last_step_completes_the_run(uninterrupted, tmp_path, monk
     assert summary["final"] == final_metrics(uninterrupted)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(uninterrupted, tmp_path, monkeypatch):
     """Two SIGINTs in step 7 (0-based 6): no saving, KeyboardInterrupt; last.pt from step 4 resumes exactly."""
     signal_at(monkeypatch, signal.SIGINT, 6, times=2)
@@ -133,6 +139,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout=120.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_installed_command_marks_the_run_interrupted(tmp_path):
     """The real command in a child process: SIGTERM once its first checkpoint (step 5 of 60) exists."""
     proc = start_run(tmp_path, "run")
@@ -146,6 +153,7 @@ def test_sigterm_to_the_installed_command_marks_the_run_interrupted(tmp_path):
     assert "received SIGTERM" in (tmp_path / "run" / "train.log").read_text() and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_kill_9_after_a_checkpoint_resumes_to_identical_metrics(tmp_path_factory, tmp_path):
     """kill -9 (no handler runs) once the first checkpoint exists; the resumed run matches an uninterrupted one."""
     proc = start_run(tmp_path, "run")
@@ -165,6 +173,7 @@ def small_trainer(tmp_path: Path, *extra) -> Trainer:
     return Trainer(cfg, tmp_path)
 
 
+@pytest.mark.slow
 def test_crash_in_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     trainer = small_trainer(tmp_path, "trainer.stop_at_step=3")
     trainer.fit()
@@ -201,6 +210,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_gives_one_line(tmp_path):
     trainer = small_trainer(tmp_path, "trainer.stop_at_step=3")
     trainer.fit()

@@ -583,6 +583,7 @@ THROUGH_THE_COMMAND = [(["optim.lr=abc"], "optim.lr"), (["~seed"], "seed"), (["a
                        (["+trainer.foo=1"], "trainer.foo"), (["method=nope"], "nope"), (["--nope"], "--nope")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,named", THROUGH_THE_COMMAND, ids=[" ".join(o) for o, _ in THROUGH_THE_COMMAND])
 def test_refused_through_the_installed_command(overrides, named, tmp_path):
     args = BASE + list(overrides) + [f"hydra.run.dir={tmp_path / 'run'}"]

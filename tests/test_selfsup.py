@@ -132,6 +132,7 @@ def test_augmenter_has_a_contrastive_view_for_every_config():
 # --------------------------------------------------------------------------- pretraining runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_pretraining_runs_and_reports_knn_and_probe(method, tmp_path):
     result = ssl_train(SMOKE + [f"method={method}", "hydra.run.dir=run"], tmp_path)
@@ -196,6 +197,7 @@ def pretrained_run(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     scratch = Trainer(compose(SMOKE + ["method=supervised"]), tmp_path / "a")
@@ -213,6 +215,7 @@ def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_pa
     ("dataset.image_size=20", "image_size [16, 16] vs [20, 20]"),
     ("dataset.channels=1", "in_channels 3 vs 1"),
 ])
+@pytest.mark.slow
 def test_mismatched_pretrained_backbone_is_refused(pretrained_run, tmp_path, override, difference):
     cfg = compose(SMOKE + ["method=supervised", override, f"backbone.pretrained={pretrained_run}"])
     with pytest.raises(UserError, match="does not fit") as info:
@@ -220,6 +223,7 @@ def test_mismatched_pretrained_backbone_is_refused(pretrained_run, tmp_path, ove
     assert difference in str(info.value)
 
 
+@pytest.mark.slow
 def test_pretrained_from_another_class_count_keeps_a_fresh_classifier(pretrained_run, tmp_path):
     cfg = compose(SMOKE + ["method=supervised", "dataset.num_classes=2", "dataset.num_labels=8",
                            f"backbone.pretrained={pretrained_run}"])
@@ -227,6 +231,7 @@ def test_pretrained_from_another_class_count_keeps_a_fresh_classifier(pretrained
     assert trainer.model.classifier.out_features == 2
 
 
+@pytest.mark.slow
 def test_missing_pretrained_gives_one_line(tmp_path):
     result = ssl_train(SMOKE + ["method=supervised", f"backbone.pretrained={tmp_path / 'nope'}"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -234,6 +239,7 @@ def test_missing_pretrained_gives_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_frozen_features_train_the_classifier_only(pretrained_run, tmp_path):
     cfg = compose(SMOKE + ["method=fixmatch", f"backbone.pretrained={pretrained_run}", "backbone.freeze_features=true"])
     trainer = Trainer(cfg, tmp_path)
@@ -254,6 +260,7 @@ SELFSUP = SMOKE + ["method=selfsup", "method.pretrain_steps=4", "method.pretrain
                    "trainer.checkpoint_every=2", "trainer.eval_every=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pretrain,finetune,freeze", [("simclr", "fixmatch", "false"), ("byol", "supervised", "true")])
 def test_selfsup_runs_both_stages_in_one_directory(pretrain, finetune, freeze, tmp_path):
     result = ssl_train(SELFSUP + [f"method.pretrain={pretrain}", f"method.finetune={finetune}",
@@ -278,6 +285,7 @@ def test_selfsup_runs_both_stages_in_one_directory(pretrain, finetune, freeze, t
     assert finetune_cfg["backbone"]["freeze_features"] == (freeze == "true")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 5], ids=["in-pretraining", "in-fine-tuning"])
 def test_selfsup_resumes_to_the_uninterrupted_result(stop_at, tmp_path):
     full = ssl_train(SELFSUP + ["hydra.run.dir=full"], tmp_path)
@@ -295,6 +303,7 @@ def test_selfsup_resumes_to_the_uninterrupted_result(stop_at, tmp_path):
     assert a["stages"]["pretrain"]["final"] == b["stages"]["pretrain"]["final"]
 
 
+@pytest.mark.slow
 def test_selfsup_bad_stage_names(tmp_path):
     for override, message in (("method.pretrain=fixmatch", "method.pretrain must be one of simclr, byol"),
                               ("method.finetune=simclr", "method.finetune must be one of")):
