@@ -1,13 +1,14 @@
 # Two commands on a fresh machine:
 #   make run    creates .venv, installs ssl-cli, runs the default main job (SSL vs supervised on digits)
 #   make test   creates .venv, installs ssl-cli with its test extras, runs the test suite
+#   make test-fast   the same without the tests marked slow (under 2 minutes on 2 CPU cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 # torch and torchvision pinned to the pair that installs from this machine's disk (see README).
 TORCH = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test install
+.PHONY: run test test-fast install
 
 $(BIN)/ssl-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,4 +25,9 @@ run: install
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: install
 	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# The fast tier: every module, without the tests marked slow (pytest -m "not slow").
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status

@@ -66,8 +66,18 @@ def test_input_not_modified(name):
     assert torch.equal(images, before)
 
 
+def test_every_op_but_identity_changes_an_image():
+    # Mid-grey noise (levels 40..200, not spanning 0..255, so autocontrast and equalize have work to do).
+    x = to_float(torch.randint(40, 201, (1, 3, 12, 12), dtype=torch.uint8, generator=gen(5)))
+    changed = set()
+    for name in OPS:
+        ends = OP_RANGES[name] or (0.0,)
+        if any(not torch.allclose(apply_op(name, x, float(m)), x, atol=1e-3) for m in ends):
+            changed.add(name)
+    assert changed == set(OPS) - {"identity"}
+
+
 def test_all_ops_run_on_every_shape():
-    assert len(OPS) == 14 and set(OPS) == set(OP_RANGES)
     for shape in [(3, 1, 8, 8), (3, 3, 12, 20), (0, 3, 8, 8)]:
         x = to_float(random_images(*shape))
         for name in OPS:

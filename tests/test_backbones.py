@@ -30,6 +30,12 @@ def build_backbone(name, in_channels, num_classes, image_size, **options):
 # The large nets are slow on a CPU: one batch of 2 at one size each. Any other name gets all sizes.
 SIZES = {"wrn28_8": [(8, 8)], "resnet18": [(32, 32)]}
 DEFAULT_SIZES = [(8, 8), (28, 28), (32, 32)]
+# Forward and backward passes of these take seconds: out of the fast tier (cnn stays in it).
+LARGE = {"wrn28_2", "wrn28_8", "resnet18"}
+
+
+def by_size(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in names]
 
 
 def on_meta(name, *args, **options):
@@ -39,7 +45,7 @@ def on_meta(name, *args, **options):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", by_size(BACKBONES.names()))
 def test_shapes_and_backward(name, channels):
     torch.manual_seed(0)
     for size in SIZES.get(name, DEFAULT_SIZES):
@@ -121,7 +127,7 @@ def test_dropout_is_active_in_training_only():
         assert not torch.equal(model.features(x), model.features(x))
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", by_size(BACKBONES.names()))
 def test_channels_last_gives_same_output(name):
     torch.manual_seed(0)
     size = SIZES.get(name, [(16, 16)])[0]

@@ -23,6 +23,7 @@ def only_run_dir(root: Path) -> Path:
     return dirs[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch"])
 def test_smoke_run_writes_every_output(method, tmp_path):
     run_ok(SMOKE + [f"method={method}", "hydra.run.dir=run"], tmp_path)
@@ -42,13 +43,20 @@ def test_smoke_run_writes_every_output(method, tmp_path):
     assert "step 3/6" in log and "test_acc" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch"])
 def test_smoke_on_digits(method, tmp_path):
     run_ok([f"method={method}", "trainer.max_steps=20", "trainer.eval_every=10", "trainer.device=cpu",
             "hydra.run.dir=run"], tmp_path)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["dataset"] == "digits" and summary["num_labels"] == 40
-    assert 0.0 <= summary["final"]["test/accuracy"] <= 1.0
+    # The reported accuracy is that of the test predictions: the confusion matrix's diagonal share, over
+    # the 359 test digits (a fifth of 1,797, the fixed split).
+    matrix = json.loads((tmp_path / "run" / "confusion_matrix.json").read_text())["matrix"]
+    total = sum(map(sum, matrix))
+    assert total == 359 and len(matrix) == 10
+    assert summary["final"]["test/accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(10)) / total)
+    assert summary["final"]["test/accuracy"] > 0.5  # 20 steps with 40 labels: about 0.78 here; chance is 0.1
 
 
 METHODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "method").glob("*.yaml"))
@@ -56,7 +64,7 @@ METHODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs
 STAGED = {"selfsup": ["method.pretrain_steps=4", "method.pretrain_batch_size=8"]}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m if m == "supervised" else pytest.param(m, marks=pytest.mark.slow) for m in METHODS])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(method, tmp_path):
     """Stopped at step 5 of 8 and resumed, every method ends with exactly the metrics of an uninterrupted run.
 
@@ -91,6 +99,7 @@ def metric_rows(run_dir: Path) -> dict:
     return rows
 
 
+@pytest.mark.slow
 def test_labeled_indices_can_be_reused(tmp_path):
     run_ok(SMOKE + ["seed=1", "hydra.run.dir=a"], tmp_path)
     run_ok(SMOKE + ["seed=2", f"dataset.labeled_indices={tmp_path / 'a'}", "hydra.run.dir=b"], tmp_path)
@@ -99,6 +108,7 @@ def test_labeled_indices_can_be_reused(tmp_path):
     assert a["labeled"] == b["labeled"] and a["validation"] == b["validation"]
 
 
+@pytest.mark.slow
 def test_image_folder_run(tmp_path):
     root = write_image_folder(tmp_path / "folder", per_class=8, size=12)
     run_ok(["dataset=imagefolder", f"dataset.root={root}", "dataset.num_labels=6", "trainer.max_steps=4",
@@ -125,16 +135,14 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_gives_one_line_and_exit_2(args, message, tmp_path):
     result = ssl_train(SMOKE + args + ["hydra.run.dir=run"], tmp_path)
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    err_lines = [line for line in result.stderr.splitlines() if line.strip() and "error" in line.lower()]
-    assert len(err_lines) == 1, result.stderr
-    assert message in err_lines[0]
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(result.returncode, result.stderr, message)
 
 
+@pytest.mark.slow
 def test_bad_image_folders(tmp_path):
     empty = tmp_path / "empty"
     (empty / "train" / "a").mkdir(parents=True)
@@ -153,6 +161,7 @@ def test_bad_image_folders(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_input_leaves_earlier_runs_untouched(tmp_path):
     run_ok(SMOKE + ["hydra.run.dir=run"], tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
@@ -198,6 +207,7 @@ def test_a_failed_attempt_can_be_retried_in_its_directory(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_sweep_never_overwrites_an_earlier_sweep(tmp_path):
     args = ["-m", "seed=0", "hydra.sweep.dir=sweep", *FAST, "trainer.max_steps=2"]
     code, _, err = run_cli(args, tmp_path)
@@ -218,6 +228,7 @@ def test_a_run_directory_that_cannot_be_made_gives_one_line(run_dir, message, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.slow
 def test_installed_command_runs_from_another_directory(tmp_path):
     """Configs ship inside the package: the command works where there is no configs/ folder."""
     elsewhere = tmp_path / "somewhere" / "else"

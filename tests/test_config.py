@@ -30,8 +30,7 @@ def test_every_option_composes(group, option):
     if group == "hparams_search" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
         pytest.skip('hydra-optuna-sweeper is not installed (pip install "ssl-cli[sweeps]")')
     cfg = compose([f"{group}={option}"])
-    OmegaConf.resolve(cfg)  # no dangling interpolations, except the mandatory imagefolder root
-    assert cfg.trainer.max_steps > 0
+    OmegaConf.resolve(cfg)  # raises on a dangling interpolation (the imagefolder root ??? is not one)
 
 
 @pytest.mark.parametrize("group", sorted(NAMED_GROUPS))
@@ -53,9 +52,16 @@ def _dataset_overrides(option, tmp_path):
 
 
 BUILD = [(g, o) for g, o in ALL if g not in ("experiment", "sweep", "hparams_search")]
+# A build takes one to several seconds: the fast tier builds each group's default option and every data set
+# (most of which stop at once, with no data here); the other options are marked slow.
+DEFAULTS = {("backbone", "cnn"), ("augmentation", "fixmatch"), ("method", "fixmatch"), ("optim", "sgd"),
+            ("scheduler", "cosine"), ("trainer", "default"), ("debug", "smoke")}
+SLOW_BUILDS = {(g, o) for g, o in BUILD if g != "dataset" and (g, o) not in DEFAULTS}
 
 
-@pytest.mark.parametrize("group,option", BUILD, ids=[f"{g}={o}" for g, o in BUILD])
+@pytest.mark.parametrize("group,option", [
+    pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in SLOW_BUILDS else (g, o) for g, o in BUILD],
+    ids=[f"{g}={o}" for g, o in BUILD])
 def test_every_option_builds(group, option, tmp_path):
     overrides = ["dataset=synthetic", "trainer.device=cpu", "trainer.max_steps=1"]
     if group == "dataset":

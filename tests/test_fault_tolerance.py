@@ -3,7 +3,6 @@
 import errno
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -23,9 +22,13 @@ from ssl_cli.engine.outputs import LAST
 from ssl_cli.engine.trainer import Trainer
 from ssl_cli.models import BACKBONES, build_backbone
 
-# Long enough (a few seconds) that a signal can land at a random step.
-LONG = ["debug=smoke", "method=fixmatch", "trainer.deterministic=true", "trainer.max_steps=60",
-        "trainer.eval_every=10", "trainer.checkpoint_every=5", "trainer.log_every=5"]
+# In-process runs (conftest.run_cli): 12 deterministic steps, evaluated and saved every 4.
+STEPS = ["debug=smoke", "method=fixmatch", "trainer.deterministic=true", "trainer.num_threads=1",
+         "trainer.progress_bar=false", "trainer.max_steps=12", "trainer.eval_every=4", "trainer.checkpoint_every=4",
+         "trainer.log_every=2"]
+# A child process (the installed ssl-train) long enough to be signalled after its first checkpoint.
+LONG = ["debug=smoke", "method=fixmatch", "trainer.deterministic=true", "trainer.num_threads=1",
+        "trainer.max_steps=60", "trainer.eval_every=10", "trainer.checkpoint_every=5", "trainer.log_every=5"]
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -39,12 +42,88 @@ def metric_rows(run_dir: Path) -> list:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
 
 
+def completed_in_process(root: Path, args) -> Path:
+    code, _, err = run_cli(args + ["hydra.run.dir=run"], root)
+    assert code == 0, err
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("full")
-    result = ssl_train(LONG + ["hydra.run.dir=run"], root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "run"
+    """STEPS run to the end without a signal: what every interrupted and resumed run must match."""
+    return completed_in_process(tmp_path_factory.mktemp("full"), STEPS)
+
+
+def signal_at(monkeypatch, sig: int, at_step: int, times: int = 1) -> list:
+    """While Trainer.train_step runs step `at_step` (0-based), send `sig` to this process `times` times.
+
+    The trainer's own handler receives it, as from `kill` or Ctrl-C; the step itself still runs.
+    Returns the steps at which the signal was sent.
+    """
+    real = Trainer.train_step
+    sent = []
+
+    def train_step(self, step):
+        if step == at_step:
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+            sent.append(step)
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    return sent
+
+
+def resume_in_process(run_dir: Path, monkeypatch) -> None:
+    monkeypatch.undo()  # the resumed run gets no signal
+    code, _, err = run_cli([f"resume={run_dir}"], run_dir.parent)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("sig,at_step", [
+    pytest.param(signal.SIGTERM, 6, id="sigterm-between-checkpoints"),
+    pytest.param(signal.SIGTERM, 3, id="sigterm-at-a-checkpoint-step", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 6, id="sigint-between-checkpoints", marks=pytest.mark.slow),
+    pytest.param(signal.SIGINT, 3, id="sigint-at-a-checkpoint-step", marks=pytest.mark.slow),
+])
+def test_signal_at_a_fixed_step_saves_there_and_resumes_to_identical_metrics(sig, at_step, uninterrupted, tmp_path,
+                                                                             monkeypatch):
+    sent = signal_at(monkeypatch, sig, at_step)
+    code, _, err = run_cli(STEPS + ["hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    assert sent == [at_step]
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The step in progress finishes; the run stops after it, saved and marked interrupted.
+    assert summary["status"] == "interrupted" and summary["step"] == at_step + 1, summary
+    assert torch.load(run_dir / LAST, weights_only=True)["step"] == at_step + 1
+    assert f"received {signal.Signals(sig).name}" in (run_dir / "train.log").read_text()
+    assert metric_rows(run_dir) == [r for r in metric_rows(uninterrupted) if r["step"] <= at_step + 1]
+    resume_in_process(run_dir, monkeypatch)
+    assert final_metrics(run_dir) == final_metrics(uninterrupted)
+    assert metric_rows(run_dir) == metric_rows(uninterrupted)
+
+
+@pytest.mark.slow
+def test_signal_in_the_last_step_completes_the_run(uninterrupted, tmp_path, monkeypatch):
+    signal_at(monkeypatch, signal.SIGTERM, 11)
+    run_dir = completed_in_process(tmp_path, STEPS)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 12
+    assert summary["final"] == final_metrics(uninterrupted)
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(uninterrupted, tmp_path, monkeypatch):
+    """Two SIGINTs in step 7 (0-based 6): no saving, KeyboardInterrupt; last.pt from step 4 resumes exactly."""
+    signal_at(monkeypatch, signal.SIGINT, 6, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(STEPS + ["hydra.run.dir=run"], tmp_path)
+    run_dir = tmp_path / "run"
+    assert torch.load(run_dir / LAST, weights_only=True)["step"] == 4
+    resume_in_process(run_dir, monkeypatch)
+    assert final_metrics(run_dir) == final_metrics(uninterrupted)
+    assert metric_rows(run_dir) == metric_rows(uninterrupted)
 
 
 def start_run(cwd: Path, run_dir: str) -> subprocess.Popen:
@@ -55,6 +134,7 @@ def start_run(cwd: Path, run_dir: str) -> subprocess.Popen:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout=120.0) -> None:
+    """Polls until `path` exists (the run's first checkpoint): no guessing how long a step takes."""
     deadline = time.time() + timeout
     while not path.exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -62,33 +142,33 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout=120.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
-def test_killed_run_resumes_to_identical_metrics(sig, uninterrupted, tmp_path):
-    proc = start_run(tmp_path, "run")
-    wait_for(tmp_path / "run" / LAST, proc)
-    time.sleep(random.uniform(0.0, 1.0))  # a random step after the first checkpoint
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    run_dir = tmp_path / "run"
-    if sig == signal.SIGTERM and proc.returncode == 0 and (run_dir / "summary.json").exists():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        # Unless the signal came after the last step, the run saved and reported itself interrupted.
-        assert summary["status"] in ("interrupted", "completed")
-        if summary["status"] == "interrupted":
-            assert load_checkpoint(run_dir / LAST)["step"] == summary["step"]
-    resumed = ssl_train([f"resume={run_dir}"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert final_metrics(run_dir) == final_metrics(uninterrupted)
-    assert metric_rows(run_dir) == metric_rows(uninterrupted)
-
-
-def test_sigterm_marks_the_run_interrupted(tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_the_installed_command_marks_the_run_interrupted(tmp_path):
+    """The real command in a child process: SIGTERM once its first checkpoint (step 5 of 60) exists."""
     proc = start_run(tmp_path, "run")
     wait_for(tmp_path / "run" / LAST, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert proc.returncode == 0 and summary["status"] == "interrupted" and summary["step"] < 60
+    assert summary["status"] == "interrupted" and 5 <= summary["step"] < 60, summary
+    assert torch.load(tmp_path / "run" / LAST, weights_only=True)["step"] == summary["step"]
+    assert "received SIGTERM" in (tmp_path / "run" / "train.log").read_text() and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_checkpoint_resumes_to_identical_metrics(tmp_path_factory, tmp_path):
+    """kill -9 (no handler runs) once the first checkpoint exists; the resumed run matches an uninterrupted one."""
+    proc = start_run(tmp_path, "run")
+    wait_for(tmp_path / "run" / LAST, proc)
+    proc.kill()
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    full = completed_in_process(tmp_path_factory.mktemp("long"), LONG + ["trainer.progress_bar=false"])
+    resumed = ssl_train([f"resume={tmp_path / 'run'}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert final_metrics(tmp_path / "run") == final_metrics(full)
+    assert metric_rows(tmp_path / "run") == metric_rows(full)
 
 
 def small_trainer(tmp_path: Path, *extra) -> Trainer:
@@ -96,6 +176,7 @@ def small_trainer(tmp_path: Path, *extra) -> Trainer:
     return Trainer(check_config(cfg), tmp_path)
 
 
+@pytest.mark.slow
 def test_crash_in_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     trainer = small_trainer(tmp_path, "trainer.stop_at_step=3")
     trainer.fit()
@@ -132,6 +213,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_gives_one_line(tmp_path):
     trainer = small_trainer(tmp_path, "trainer.stop_at_step=3")
     trainer.fit()

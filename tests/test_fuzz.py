@@ -1,37 +1,319 @@
-"""Hostile command lines: every override either runs or stops with one line and exit code 2, never a traceback.
+"""Fuzzing the command line against a hand-written oracle: what must be refused is refused, what must run runs.
 
-Hypothesis throws random and malformed overrides at `ssl-train`: known keys with values of the wrong type,
-out of range, huge, negative, NaN, empty or unicode; unknown keys; unknown group options; broken override
-syntax; paths that do not exist; unknown flags. Most examples run in-process (`ssl_cli.cli.main()` with
-`sys.argv` patched), each in its own run directory, on a few steps of tiny synthetic data so that the
-valid ones finish in a fraction of a second; a few go through the installed command in a child process.
+Two kinds of examples, each checked for what it must do (not just for "no traceback"):
 
-Sizes that would make a valid run long (trainer.max_steps, batch sizes, ...) are only fuzzed with small
-or invalid values: a valid huge value is a long run, not a bug.
+- MUST RUN: a known key with a value that is valid by construction (right type, inside its range, small
+  enough for a run of two steps on tiny synthetic data), alone or with other such overrides. The run must
+  exit 0 and write a summary.json with status "completed".
+- MUST BE REFUSED: a known key with a value that is wrong by construction (out of range, wrong type,
+  NaN/inf, a list or mapping for a scalar), an unknown key, an unknown option of a config group, broken
+  override syntax, a path that does not exist, an unknown flag. The run must exit 2 with exactly one
+  line on stderr, `ssl-train: error: ...`, naming what was wrong (the key, the option, the path or the flag).
+
+The oracle (which values are valid) is the tables below, written from what each option means (the
+comments of configs/), not read from the program's own checks. Values whose validity is a judgement call
+(momentum exactly 1, a 2-channel image, ...) are in neither table.
+
+Deterministic and replayable: every run tries the same examples (`derandomize=True`: Hypothesis seeds
+each test from its own source, per parametrized id), so a failure in CI comes back when the same test id is
+run again here, and Hypothesis prints the shrunk example plus a `@reproduce_failure(...)` blob; every
+assertion message also holds the full `ssl-train ...` command line to paste into a shell. Hypothesis refuses
+a database together with derandomize=True, so to *search* beyond the fixed examples set
+SSL_CLI_FUZZ=explore: random examples (max_examples times SSL_CLI_FUZZ_SCALE, default 1), with failures
+saved in .hypothesis/examples/ and replayed first on the next run.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 from omegaconf import OmegaConf
 
-from conftest import compose, run_cli, ssl_train
+from conftest import REPO, assert_one_line_error, compose, run_cli, ssl_train
+
+# The option that starts a run from another run's weights; issue 11 renames it backbone.init_from.
+INIT_FROM = "backbone.pretrained"
 
 # A few steps on tiny data: a valid example runs in well under a second.
 BASE = ["debug=smoke", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2",
         "trainer.log_every=1", "trainer.batch_size=4", "trainer.eval_batch_size=64", "trainer.device=cpu",
         "trainer.progress_bar=false", "trainer.num_threads=1"]
+# 32 training images of 4 classes: 8 labeled, 4 held out for validation.
 TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8", "dataset.num_labels=8",
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
+
+# --------------------------------------------------------------------------- settings
+
+EXPLORE = os.environ.get("SSL_CLI_FUZZ") == "explore"
+SCALE = float(os.environ.get("SSL_CLI_FUZZ_SCALE", "1"))
+HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture,
+          HealthCheck.data_too_large]
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    if EXPLORE:
+        return settings(max_examples=max(1, int(max_examples * SCALE)), deadline=None, derandomize=False,
+                        database=DirectoryBasedExampleDatabase(str(REPO / ".hypothesis" / "examples")),
+                        print_blob=True, suppress_health_check=HEALTH)
+    return settings(max_examples=max_examples, deadline=None, derandomize=True, print_blob=True,
+                    suppress_health_check=HEALTH)
+
+
+# --------------------------------------------------------------------------- value strategies
+
+
+def ints(lo: int, hi: int) -> st.SearchStrategy[str]:
+    return st.integers(lo, hi).map(str)
+
+
+def floats(lo: float, hi: float) -> st.SearchStrategy[str]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False).map(repr)
+
+
+def one_of(*values: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(values)
+
+
+BOOL = one_of("true", "false")
+# Values that are no number at all (or no finite one), for any numeric key.
+NOT_A_NUMBER = one_of("abc", "nan", "inf", "-inf", "'1'", "[1]", "[0.5,1]", "{a:1}", "''")
+NOT_A_BOOL = one_of("abc", "maybe", "2", "0.5", "[true]", "{a:1}", "'yes please'")
+NOT_A_NAME = one_of("abc", "1", "0.5", "[a]", "{a:1}", "''")
+
+
+def positive_int_invalid() -> st.SearchStrategy[str]:
+    """What a count (a positive integer) must refuse."""
+    return st.one_of(one_of("0", "1.5", "2.5", "1e3"), ints(-10**6, -1), NOT_A_NUMBER)
+
+
+def below(value: float) -> st.SearchStrategy[str]:
+    return st.floats(-1e6, value, allow_nan=False, exclude_max=True).map(repr)
+
+
+def above(value: float) -> st.SearchStrategy[str]:
+    return st.floats(value, 1e6, allow_nan=False, exclude_min=True).map(repr)
+
+
+def probability_invalid() -> st.SearchStrategy[str]:
+    return st.one_of(below(0.0), above(1.0), NOT_A_NUMBER)
+
+
+class Case(NamedTuple):
+    """`key=value` for values from `values`, after the overrides in `context` (a method, an optimiser)."""
+    key: str
+    values: st.SearchStrategy[str]
+    context: Tuple[str, ...] = ()
+    combine: bool = True  # may be combined with other valid overrides in one command line
+
+    def overrides(self, value: str) -> List[str]:
+        return [*self.context, f"{self.key}={value}"]
+
+
+FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudolabel",), ("method=simclr",),
+                                           ("method=byol",), ("method=selfsup",))
+ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
+
+# Valid by construction, and small: every combination of the combinable ones is still valid (for example
+# num_labels + num_validation <= 20 <= num_train, and num_labels >= num_classes).
+VALID: List[Case] = [
+    Case("seed", ints(0, 2**31 - 1)),
+    Case("dataset.seed", ints(0, 10**6)),
+    Case("dataset.num_classes", ints(2, 4)),
+    Case("dataset.num_train", ints(24, 40)),
+    Case("dataset.num_test", ints(4, 16)),
+    Case("dataset.image_size", ints(4, 12)),
+    Case("dataset.channels", one_of("1", "3")),
+    Case("dataset.num_labels", ints(4, 12)),
+    Case("dataset.num_validation", ints(0, 8)),
+    Case("dataset.allow_flip", BOOL),
+    Case("dataset.unlabeled_includes_labeled", BOOL),
+    Case("dataset.label_fraction", floats(0.3, 1.0), context=("dataset.num_labels=null",), combine=False),
+    Case("backbone.batch_norm", BOOL),
+    Case("backbone.dropout", floats(0.0, 0.9)),
+    Case("backbone.freeze_features", one_of("false")),
+    Case("augmentation.weak", one_of("none", "flip_translate", "classic")),
+    Case("augmentation.strong", one_of("none", "randaugment", "classic")),
+    Case("augmentation.flip", BOOL),
+    Case("augmentation.vflip", BOOL),
+    Case("augmentation.translate", floats(0.0, 0.5)),
+    Case("augmentation.shift", floats(0.0, 0.5)),
+    Case("augmentation.rotation", floats(0.0, 90.0)),
+    Case("augmentation.num_ops", ints(0, 3)),
+    Case("augmentation.apply_prob", floats(0.0, 1.0)),
+    Case("augmentation.cutout_size", floats(0.0, 1.0)),
+    Case("augmentation.crop_scale_min", floats(0.05, 1.0)),
+    Case("augmentation.jitter", floats(0.0, 1.0)),
+    Case("augmentation.jitter_prob", floats(0.0, 1.0)),
+    Case("augmentation.grayscale_prob", floats(0.0, 1.0)),
+    Case("method.confidence_threshold", floats(0.0, 1.0)),
+    Case("method.unlabeled_weight", floats(0.0, 10.0)),
+    Case("method.unlabeled_ratio", ints(1, 2)),
+    Case("method.warmup_fraction", floats(0.0, 1.0), context=PSEUDO, combine=False),
+    Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
+    Case("method.projection_dim", ints(1, 16), context=SIMCLR, combine=False),
+    Case("method.hidden_dim", ints(1, 16), context=BYOL, combine=False),
+    Case("method.target_decay", floats(0.0, 0.999), context=BYOL, combine=False),
+    Case("method.pretrain", one_of("simclr", "byol"), context=SELFSUP, combine=False),
+    Case("method.finetune", one_of("supervised", "pseudolabel", "fixmatch"), context=SELFSUP, combine=False),
+    Case("method.freeze_backbone", BOOL, context=SELFSUP, combine=False),
+    Case("method.pretrain_steps", ints(1, 2), context=SELFSUP, combine=False),
+    Case("method.pretrain_batch_size", ints(2, 4), context=SELFSUP, combine=False),
+    Case("optim.lr", floats(1e-4, 1.0)),
+    Case("optim.momentum", floats(0.1, 0.99)),  # 0 would contradict sgd.yaml's nesterov: true
+    Case("optim.nesterov", BOOL),
+    Case("optim.weight_decay", floats(0.0, 0.01)),
+    Case("optim.lr", floats(1e-5, 0.01), context=ADAM, combine=False),
+    Case("optim.betas", st.tuples(floats(0.0, 0.99), floats(0.0, 0.999)).map(lambda b: f"[{b[0]},{b[1]}]"),
+         context=ADAMW, combine=False),
+    Case("scheduler.warmup_steps", ints(0, 2)),
+    Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
+    Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup"), combine=False),
+    Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
+    Case("augmentation", one_of("none", "fixmatch", "classic")),
+    Case("trainer.max_steps", ints(1, 3), combine=False),
+    Case("trainer.stop_at_step", one_of("null", "2"), combine=False),  # at or after the last step: no early stop
+    Case("trainer.batch_size", ints(1, 8)),
+    Case("trainer.eval_batch_size", ints(1, 64)),
+    Case("trainer.eval_every", ints(1, 4)),
+    Case("trainer.log_every", ints(1, 4)),
+    Case("trainer.checkpoint_every", ints(1, 4)),
+    Case("trainer.grad_accumulation", ints(1, 2)),
+    Case("trainer.ema_decay", floats(0.0, 0.9999)),
+    Case("trainer.ema_warmup", BOOL),
+    Case("trainer.knn_k", ints(1, 300)),
+    Case("trainer.knn_temperature", floats(0.01, 1.0)),
+    Case("trainer.device", one_of("cpu", "auto")),
+    Case("trainer.precision", one_of("auto", "fp32")),
+    Case("trainer.num_threads", one_of("null", "1", "2")),
+    Case("trainer.compile", one_of("false")),  # true is valid but compiles for minutes on a CPU
+    Case("trainer.compile_mode", one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    Case("trainer.channels_last", BOOL),
+    Case("trainer.reuse_cpu_memory", BOOL),
+    Case("trainer.deterministic", BOOL),
+    Case("trainer.nonfinite", one_of("stop", "skip")),
+    Case("trainer.progress_bar", one_of("auto", "true", "false")),
+    Case(INIT_FROM, one_of("null")),
+]
+
+# Wrong by construction. The run must stop with one line naming the key.
+INVALID: List[Case] = [
+    Case("seed", st.one_of(one_of("abc", "1.5", "nan", "[1]", "{a:1}", "''"),
+                           st.integers(2**64, 10**30).map(str))),
+    Case("dataset.seed", one_of("abc", "1.5", "nan", "[1]")),
+    Case("dataset.num_classes", st.one_of(one_of("0", "1.5", "abc", "nan", "[4]"), ints(-100, -1))),
+    Case("dataset.num_train", positive_int_invalid()),
+    Case("dataset.num_test", positive_int_invalid()),
+    Case("dataset.image_size", positive_int_invalid()),
+    Case("dataset.channels", st.one_of(one_of("0", "4", "10", "1.5", "abc", "[3]"), ints(-100, -1))),
+    Case("dataset.num_labels", st.one_of(ints(-100, 3), ints(29, 10**6), one_of("1.5", "abc", "nan", "[8]"))),
+    Case("dataset.num_validation", st.one_of(ints(-100, -1), ints(100, 10**6), one_of("1.5", "abc", "nan"))),
+    Case("dataset.label_fraction", st.one_of(below(0.0), one_of("0", "0.0"), above(1.0), NOT_A_NUMBER),
+         context=("dataset.num_labels=null",)),
+    Case("dataset.label_fraction", floats(0.3, 1.0)),  # together with num_labels: exactly one of the two
+    Case("dataset.allow_flip", NOT_A_BOOL),
+    Case("dataset.unlabeled_includes_labeled", NOT_A_BOOL),
+    Case("backbone.batch_norm", NOT_A_BOOL),
+    Case("backbone.dropout", st.one_of(below(0.0), st.floats(1.0, 1e6).map(repr), NOT_A_NUMBER)),
+    Case("backbone.bn_momentum", st.one_of(below(0.0), one_of("0", "0.0"), above(1.0), NOT_A_NUMBER),
+         context=WRN),
+    Case("augmentation.weak", st.one_of(one_of("strong", "medium", "randaugment"), NOT_A_NAME)),
+    Case("augmentation.strong", st.one_of(one_of("autoaugment", "weak", "flip_translate"), NOT_A_NAME)),
+    Case("augmentation.flip", NOT_A_BOOL),
+    Case("augmentation.vflip", NOT_A_BOOL),
+    Case("augmentation.translate", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("augmentation.shift", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("augmentation.rotation", NOT_A_NUMBER),
+    Case("augmentation.num_ops", st.one_of(ints(-100, -1), one_of("1.5", "abc", "nan", "[2]"))),
+    Case("augmentation.apply_prob", probability_invalid()),
+    Case("augmentation.cutout_size", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("augmentation.crop_scale_min", st.one_of(below(0.0), above(1.0), NOT_A_NUMBER)),
+    Case("augmentation.jitter", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("augmentation.jitter_prob", probability_invalid()),
+    Case("augmentation.grayscale_prob", probability_invalid()),
+    Case("method.confidence_threshold", probability_invalid(), context=FIXMATCH),
+    Case("method.confidence_threshold", probability_invalid(), context=PSEUDO),
+    Case("method.unlabeled_weight", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("method.unlabeled_ratio", positive_int_invalid()),
+    Case("method.warmup_fraction", probability_invalid(), context=PSEUDO),
+    Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
+    Case("method.projection_dim", positive_int_invalid(), context=SIMCLR),
+    Case("method.hidden_dim", positive_int_invalid(), context=BYOL),
+    Case("method.target_decay", probability_invalid(), context=BYOL),
+    Case("method.pretrain", st.one_of(one_of("fixmatch", "supervised", "selfsup"), NOT_A_NAME), context=SELFSUP),
+    Case("method.finetune", st.one_of(one_of("simclr", "byol", "selfsup"), NOT_A_NAME), context=SELFSUP),
+    Case("method.freeze_backbone", NOT_A_BOOL, context=SELFSUP),
+    Case("method.pretrain_steps", positive_int_invalid(), context=SELFSUP),
+    Case("method.pretrain_batch_size", positive_int_invalid(), context=SELFSUP),
+    Case("optim.lr", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER)),
+    Case("optim.lr", st.one_of(below(0.0), one_of("0"), NOT_A_NUMBER), context=ADAM),
+    Case("optim.momentum", st.one_of(below(0.0), NOT_A_NUMBER)),
+    Case("optim.nesterov", NOT_A_BOOL),
+    Case("optim.weight_decay", st.one_of(below(0.0), one_of("1e308", "1.5"), NOT_A_NUMBER)),
+    Case("optim.betas", one_of("[1.5,0.9]", "[0.9,1.5]", "[-0.1,0.9]", "[0.9]", "[0.9,0.99,0.9]", "abc", "0.9",
+                               "[nan,0.9]", "[a,b]"), context=ADAM),
+    Case("scheduler.warmup_steps", st.one_of(ints(-100, -1), one_of("1.5", "abc", "nan", "[1]"))),
+    Case("trainer.max_steps", positive_int_invalid()),
+    Case("trainer.stop_at_step", st.one_of(ints(-100, -1), one_of("1.5", "abc", "nan", "[1]"))),
+    Case("trainer.batch_size", positive_int_invalid()),
+    Case("trainer.eval_batch_size", positive_int_invalid()),
+    Case("trainer.eval_every", positive_int_invalid()),
+    Case("trainer.log_every", positive_int_invalid()),
+    Case("trainer.checkpoint_every", positive_int_invalid()),
+    Case("trainer.grad_accumulation", positive_int_invalid()),
+    Case("trainer.ema_decay", probability_invalid()),
+    Case("trainer.ema_warmup", NOT_A_BOOL),
+    Case("trainer.knn_k", positive_int_invalid()),
+    Case("trainer.knn_temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER)),
+    Case("trainer.device", st.one_of(one_of("tpu", "gpu", "cuda:x", "mps?"), NOT_A_NAME)),
+    Case("trainer.precision", st.one_of(one_of("fp64", "int8", "half-ish"), NOT_A_NAME)),
+    Case("trainer.num_threads", st.one_of(ints(-100, 0), one_of("1.5", "abc", "nan", "[1]"))),
+    Case("trainer.compile", NOT_A_BOOL),
+    Case("trainer.compile_mode", one_of("fastest", "abc", "1"), context=("trainer.compile=true",)),
+    Case("trainer.channels_last", NOT_A_BOOL),
+    Case("trainer.reuse_cpu_memory", NOT_A_BOOL),
+    Case("trainer.deterministic", NOT_A_BOOL),
+    Case("trainer.nonfinite", st.one_of(one_of("ignore", "warn", "raise"), NOT_A_NAME)),
+    Case("trainer.progress_bar", one_of("sometimes", "abc", "2", "[true]")),
+]
+
+# Wrong values the program accepts today (bugs the fuzzer found), as (key, value). Each is checked by
+# test_known_gaps_are_still_accepted (strict xfail): once it is refused, that test fails: move the key
+# into INVALID then (with NOT_A_BOOL).
+KNOWN_GAPS = [("backbone.freeze_features", "abc"), ("backbone.freeze_features", "2")]  # taken as true/false
+
+# Keys of the composed configs that neither table fuzzes, and why.
+NOT_FUZZED = {
+    "dataset.name": "set through the dataset group (dataset=...), fuzzed as a group option",
+    "backbone.name": "set through the backbone group",
+    "method.name": "set through the method group",
+    "optim.name": "set through the optim group",
+    "scheduler.name": "set through the scheduler group",
+    "resume": "paths: see PATHS",
+    "dataset.labeled_indices": "paths: see PATHS",
+    INIT_FROM: "paths: see PATHS (and null in VALID)",
+    "method.pretrain_options": "mappings merged over another method's options: tests/test_selfsup.py",
+    "method.finetune_options": "as above",
+    "method.pretrain_optim": "as above (and REGRESSIONS below)",
+    "method.pretrain_scheduler": "as above",
+    "method.pretrain_augmentation": "as above",
+}
+
+# --------------------------------------------------------------------------- other refused input
+
+NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=10).filter(
+    lambda s: s[0].isalpha())
 
 
 def _leaves(tree, prefix=""):
@@ -42,162 +324,134 @@ def _leaves(tree, prefix=""):
             yield f"{prefix}{k}"
 
 
-KNOWN_KEYS = sorted(_leaves(OmegaConf.to_container(compose(["debug=smoke"]), resolve=False)))
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUP_OPTIONS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml"))
-                 for g in ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer",
-                           "experiment", "debug")}
-# Group options that are valid but slow on the CPU even for two steps: left to tests/test_config.py.
-SLOW_OPTIONS = {"backbone=wrn28_8", "backbone=resnet18", "backbone=wrn28_2", "experiment=fixmatch_cifar10_4000"}
-
-# --------------------------------------------------------------------------- values
-
-HUGE = ["2147483648", str(2**63), str(2**64), str(-2**63 - 1), str(10**30), "-" + str(10**30),
-        "1" + "0" * 400, "1e30", "-1e30", "1e308", "1e309", "-1e309"]
-SPECIAL = ["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "0", "-0", "-0.0", "0.0", "1e-320", "-1", "0.5", "1.5",
-           "-2.5", "true", "false", "True", "FALSE", "null", "Null", "none", "None", "yes", "no", "on", "off",
-           "", "''", '""', "' '", "[]", "[1]", "[1,2]", "[a,b]", "[[1]]", "{}", "{a:1}", "{a:{b:1}}", "???",
-           "${seed}", "${nope}", "${trainer}", "${oc.env:NOPE}", "${oc.env:HOME}", "${oc.decode:'[1,2]'}",
-           "'\\u00fc'", "'ü'", "'日本語'", "'😀'", "'\\x00'", "'a b c'", "'--'", "'='", "abc", "ABC", "a.b", "a/b",
-           "/", ".", "..", "~", "-", "--x", "0x10", "0o17", "0b11", "1_000", "1.", ".5", "1e", "e1", "+1", "+-1",
-           "'" + "x" * 300 + "'", "int(3)", "float('nan')", "choice(1,2)", "range(3)", "interval(0,1)"]
-SMALL_INTS = st.integers(min_value=-10, max_value=10).map(str)
-FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64).map(repr)
-TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-VALUES = st.one_of(st.sampled_from(HUGE), st.sampled_from(SPECIAL), SMALL_INTS, FLOATS, TEXT)
-
-NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=10)
-PUNCT = st.text(alphabet="=~+[]{}()'\",:$@.\\/ -_*?!#%^&|<>`;abc01üé日😀\t", min_size=1, max_size=16)
+def known_keys(*overrides: str) -> set:
+    return set(_leaves(OmegaConf.to_container(compose(["debug=smoke", *overrides]), resolve=False)))
 
 
-# Keys whose valid large values make a long run (or a huge model): fuzzed with small or invalid values only.
-RUN_LENGTH_KEYS = {"trainer.max_steps", "trainer.batch_size", "trainer.grad_accumulation", "method.unlabeled_ratio",
-                   "method.pretrain_steps", "method.pretrain_batch_size", "method.projection_dim",
-                   "method.hidden_dim", "dataset.num_train", "dataset.num_test", "dataset.image_size",
-                   "dataset.num_classes", "trainer.num_threads", "trainer.compile"}
-
-
-def long_run(value: str) -> bool:
-    """True for a value Hydra reads as an integer that is valid but large (a long run, not a bug)."""
-    if value.strip().lower() == "true":  # trainer.compile=true: minutes of compiling on the CPU
-        return True
-    try:
-        n = int(value.strip().replace("_", ""))
-    except ValueError:
-        return False
-    return 10 < n < 2**63
+# Keys of every method and optimiser (a name unknown to one method may be a key of another).
+ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
+                                                  "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2")))
+CONFIGS = REPO / "configs"
+GROUPS = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug")
+GROUP_OPTIONS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in GROUPS}
 
 
 @st.composite
-def known_key(draw):
-    """A key of the composed config with a hostile value."""
-    key = draw(st.sampled_from(KNOWN_KEYS))
-    value = draw(VALUES.filter(lambda v: not long_run(v)) if key in RUN_LENGTH_KEYS else VALUES)
-    return [f"{key}={value}"]
-
-
-@st.composite
-def several_known_keys(draw):
-    return [o for _ in range(draw(st.integers(2, 4))) for o in draw(known_key())]
-
-
-@st.composite
-def unknown_key(draw):
-    prefix = draw(st.sampled_from(["", "+", "++", "~"]))
+def unknown_key(draw) -> Tuple[List[str], str]:
+    """A key no config has, with or without +/++ (adding it): refused, naming the key."""
     parent = draw(st.sampled_from(["", "trainer.", "dataset.", "method.", "optim.", "scheduler.", "backbone.",
-                                   "augmentation.", "seed.", "hydra.", "nope."]))
-    key = draw(NAME)
-    return [f"{prefix}{parent}{key}" + ("" if prefix == "~" and draw(st.booleans()) else f"={draw(VALUES)}")]
+                                   "augmentation."]))
+    key = parent + draw(NAME.filter(lambda n: parent + n not in ALL_KEYS and n not in GROUPS))
+    prefix = draw(st.sampled_from(["", "+", "++"]))
+    value = draw(st.sampled_from(["1", "0.5", "abc", "true", "null", "[1,2]"]))
+    return [f"{prefix}{key}={value}"], key
 
 
 @st.composite
-def deleted_key(draw):
-    """~key for keys the program needs, with and without their value."""
-    key = draw(st.sampled_from(KNOWN_KEYS + list(GROUP_OPTIONS) + ["seed", "resume"]))
-    return [f"~{key}"]
-
-
-@st.composite
-def group_option(draw):
+def unknown_group_option(draw) -> Tuple[List[str], str]:
+    """`group=option` for an option the group does not have: refused, naming the option."""
     group = draw(st.sampled_from(sorted(GROUP_OPTIONS)))
-    option = draw(st.one_of(st.sampled_from(GROUP_OPTIONS[group] + ["null", "''", "nope", ""]), NAME, TEXT))
-    prefix = draw(st.sampled_from(["", "", "+", "~"]))
-    return [f"{prefix}{group}={option}"]
+    option = draw(NAME.filter(lambda n: n not in GROUP_OPTIONS[group]))
+    return [f"{group}={option}"], option
+
+
+BROKEN_SYNTAX = ["=x", "=", "==", "a==b", "seed=1=2", "seed==1", "a=[1", "a=]", "a={", "a=}", "a='x", 'a="x',
+                 "a=(", "trainer.max_steps=[1", "seed='1", 'seed="', "seed=${", "seed=${seed", ".seed=1", "seed.=1",
+                 "trainer..max_steps=1", "@seed=1", "seed@x=1", "seed=\\", "~", "~=", "+", "++", "seed=a b",
+                 "method={a:1}", "seed=${nope}", "optim.lr=${oc.env:SSL_CLI_NO_SUCH_VARIABLE}"]
 
 
 @st.composite
-def malformed(draw):
-    """Broken override syntax: random punctuation, unbalanced brackets and quotes, stray operators."""
-    return [draw(st.one_of(
-        PUNCT,
-        st.sampled_from(["=x", "=", "==", "a==b", "++", "+", "~", "~=", "a=[1", "a=]", "a={", "a=}", "a='x",
-                         'a="x', "a=(", "trainer.max_steps=[1", "seed='1", "seed=\"", "seed=${", "seed=${seed",
-                         "seed=1=2", "seed==1", "seed=1,2", "seed=a b", ".seed=1", "seed.=1", "trainer..max_steps=1",
-                         "trainer.max_steps.x=1", "@seed=1", "seed@x=1", "seed=\\", "method=[fixmatch]",
-                         "method={a:1}", "method=${seed}", "dataset=../../etc", "dataset=/abs"]),
-        st.tuples(NAME, PUNCT).map("=".join),
-    ))]
+def broken_syntax(draw) -> Tuple[List[str], str]:
+    """Overrides Hydra cannot parse (or interpolations that cannot resolve): refused in one line."""
+    return [draw(st.sampled_from(BROKEN_SYNTAX))], ""
+
+
+PATHS = ["/no/such/folder", "no/such/relative/folder", "/no/such/file.json"]
 
 
 @st.composite
-def flag(draw):
-    return [draw(st.one_of(st.sampled_from(["--nope", "-x", "--cfg=nope", "-c", "--package", "--info=nope", "---",
-                                            "-", "--resolve", "-p", "--run"]),
-                           st.builds(lambda n: "--" + n, NAME), st.builds(lambda n: "-" + n, NAME)))]
-
-
-@st.composite
-def bad_path(draw):
-    """Data sets, checkpoints and split files at paths that do not exist or are not what they should be."""
-    where = draw(st.sampled_from(["/no/such/folder", "nope", "", "''", "/", "/dev/null", "/etc/hostname", ".",
-                                  "'ü/日本'", "${oc.env:HOME}/nope"]))
+def missing_path(draw) -> Tuple[List[str], str]:
+    """A data set, run directory, checkpoint or split file that does not exist: refused, naming the path."""
+    path = draw(st.sampled_from(PATHS)) + draw(st.sampled_from(["", "/", "/x"]))
+    path = path.rstrip("/") if path.endswith("//") else path
     kind = draw(st.sampled_from(["imagefolder", "cifar10", "cifar100", "mnist", "svhn", "stl10", "resume",
-                                 "labeled_indices", "cache_dir"]))
+                                 "labeled_indices", INIT_FROM]))
     if kind == "resume":
-        return [f"resume={where}"]
+        return [f"resume={path}"], path.rstrip("/")
     if kind == "labeled_indices":
-        return [f"dataset.labeled_indices={where}"]
-    if kind == "cache_dir":
-        return ["dataset=imagefolder", "dataset.root=/no/such", f"dataset.cache_dir={where}"]
-    return [f"dataset={kind}", f"dataset.root={where}"]
+        return [f"dataset.labeled_indices={path}"], path.rstrip("/")
+    if kind == INIT_FROM:
+        return [f"{INIT_FROM}={path}"], path.rstrip("/")
+    return [f"dataset={kind}", f"dataset.root={path}"], path.rstrip("/")
 
 
-STRATEGIES = {"known_key": known_key(), "several_known_keys": several_known_keys(), "unknown_key": unknown_key(),
-              "deleted_key": deleted_key(), "group_option": group_option(), "malformed": malformed(),
-              "flag": flag(), "bad_path": bad_path()}
-ANY_OVERRIDES = st.one_of(*STRATEGIES.values())
+# Hydra's long options: argparse takes any prefix of one as that option (--e is --experimental-rerun).
+HYDRA_FLAGS = ("help", "hydra-help", "version", "cfg", "resolve", "package", "run", "multirun", "shell-completion",
+               "config-path", "config-name", "config-dir", "experimental-rerun", "info")
 
+
+@st.composite
+def unknown_flag(draw) -> Tuple[List[str], str]:
+    """A flag Hydra does not have (nor abbreviates): refused, naming the flag."""
+    flag = draw(st.one_of(st.sampled_from(["--nope", "-x", "-z", "---", "--resolve=1"]),
+                          NAME.filter(lambda n: not any(f.startswith(n) for f in HYDRA_FLAGS)).map(lambda n: "--" + n)))
+    return [flag], flag.split("=")[0]
+
+
+def key_named(line: str, key: str) -> bool:
+    """The error line names `key`: dotted (`optim.lr`) or as group and option (`optim=sgd: lr ...`)."""
+    if key in line:
+        return True
+    group, _, leaf = key.rpartition(".")
+    word = lambda w: re.search(rf"(?<![\w.]){re.escape(w)}(?!\w)", line) is not None  # noqa: E731
+    return bool(group) and word(group) and word(leaf)
+
+
+def bad_value(case: Case) -> st.SearchStrategy[Tuple[List[str], str]]:
+    return case.values.map(lambda v: (case.overrides(v), case.key))
+
+
+REFUSED = {
+    "bad_value": st.sampled_from(INVALID).flatmap(bad_value),
+    "unknown_key": unknown_key(),
+    "unknown_group_option": unknown_group_option(),
+    "broken_syntax": broken_syntax(),
+    "missing_path": missing_path(),
+    "unknown_flag": unknown_flag(),
+}
+
+
+def valid_value(case: Case) -> st.SearchStrategy[List[str]]:
+    return case.values.map(case.overrides)
+
+
+@st.composite
+def several_valid(draw) -> List[str]:
+    """Two to four combinable valid overrides of different keys in one command line."""
+    cases = draw(st.lists(st.sampled_from([c for c in VALID if c.combine]), min_size=2, max_size=4,
+                          unique_by=lambda c: c.key))
+    return [o for c in cases for o in c.overrides(draw(c.values))]
+
+
+MUST_RUN = {"one_valid": st.sampled_from(VALID).flatmap(valid_value), "several_valid": several_valid()}
 
 # --------------------------------------------------------------------------- running ssl-train
 
 
-def command_line(overrides: List[str]) -> List[str]:
-    """BASE, tiny-data options where the example keeps the synthetic data set, then the example."""
-    groups = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1] for o in overrides if "=" in o}
+def command_line(overrides: Sequence[str]) -> List[str]:
+    """Flags first, then BASE, tiny-data options where the example keeps the synthetic data set, the example."""
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    groups = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[-1] for o in rest if "=" in o}
     extra = [] if "dataset" in groups or "experiment" in groups else list(TINY_DATA)
     extra += TINY_METHOD.get(groups.get("method", "fixmatch"), [])
-    return BASE + extra + list(overrides)
+    return flags + BASE + extra + rest
 
 
-def is_slow(overrides: List[str]) -> bool:
-    return any(o.lstrip("+") in SLOW_OPTIONS for o in overrides)
-
-
-def run_in_process(args: List[str], workdir: Path) -> Tuple[int, str]:
-    """`ssl-train <args>` in this process, in its own run directory: (exit code, stderr)."""
-    code, _, stderr = run_cli([*args, f"hydra.run.dir={workdir / 'run'}"], workdir)
-    return code, stderr
-
-
-def assert_runs_or_one_line(code: int, stderr: str, args: List[str]) -> None:
-    shown = f"ssl-train {' '.join(args)}\nexit {code}\nstderr:\n{stderr[-3000:]}"
-    assert "Traceback" not in stderr, shown
-    if code == 0:
-        return
-    assert code == 2, shown
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ssl-train: error: "), shown
-    assert len(lines[0]) > len("ssl-train: error: ") + 5, shown  # says what was wrong
+def shown(args: Sequence[str], code: int, stderr: str) -> str:
+    quoted = " ".join(f"'{a}'" if any(c in a for c in " ${}[]()'\"\\*?!&|<>;") else a for a in args)
+    return f"\nreplay: ssl-train {quoted}\nexit {code}\nstderr:\n{stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -212,26 +466,75 @@ def workdirs(tmp_path_factory):
         os.environ["SSL_CLI_CACHE"] = old
 
 
-# Examples per strategy: 530 in all. Most stop at the command-line check in about 0.1 s; an example that
-# runs (or fails while loading data) takes about 0.5 s, so the strategies that often run get fewer.
-EXAMPLES = {"known_key": 130, "several_known_keys": 40, "unknown_key": 50, "deleted_key": 20, "group_option": 30,
-            "malformed": 160, "flag": 80, "bad_path": 20}
+def run_in_process(overrides: Sequence[str], workdirs: Path) -> Tuple[List[str], int, str, Path]:
+    workdir = Path(tempfile.mkdtemp(dir=workdirs))
+    args = command_line(overrides) + [f"hydra.run.dir={workdir / 'run'}"]
+    code, _, stderr = run_cli(args, workdir)
+    return args, code, stderr, workdir / "run"
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_hostile_overrides_run_or_fail_in_one_line(strategy, workdirs):
-    @settings(max_examples=EXAMPLES[strategy], deadline=None, database=None, derandomize=False,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                     HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
-    @given(overrides=STRATEGIES[strategy])
-    def check(overrides):
-        if is_slow(overrides):
-            return
-        args = command_line(overrides)
-        code, stderr = run_in_process(args, Path(tempfile.mkdtemp(dir=workdirs)))
-        assert_runs_or_one_line(code, stderr, args)
+# Examples per kind. An example that is refused takes about 0.1 s, one that runs about 0.5 s.
+REFUSED_EXAMPLES = {"bad_value": 100, "unknown_key": 20, "unknown_group_option": 20, "broken_syntax": 35,
+                    "missing_path": 10, "unknown_flag": 15}
+MUST_RUN_EXAMPLES = {"one_valid": 38, "several_valid": 15}
+# The kinds that take more than a few seconds: left out of the fast tier (make test-fast).
+SLOW_KINDS = {"bad_value", "unknown_key", "missing_path", "one_valid", "several_valid"}
+
+
+def kinds(names):
+    return [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k for k in names]
+
+
+@pytest.mark.parametrize("kind", kinds(REFUSED))
+def test_wrong_input_is_refused_in_one_line_naming_it(kind, workdirs):
+    @fuzz_settings(REFUSED_EXAMPLES[kind])
+    @given(example=REFUSED[kind])
+    def check(example):
+        overrides, named = example
+        args, code, stderr, run_dir = run_in_process(overrides, workdirs)
+        try:
+            line = assert_one_line_error(code, stderr)
+            assert key_named(line, named) if kind in ("bad_value", "unknown_key") else named in line, line
+        except AssertionError as e:
+            raise AssertionError(f"must be refused, naming {named!r}: {e}" + shown(args, code, stderr)) from None
+        assert not (run_dir / "summary.json").exists() or \
+            json.loads((run_dir / "summary.json").read_text())["status"] == "failed", shown(args, code, stderr)
 
     check()
+
+
+@pytest.mark.parametrize("kind", kinds(MUST_RUN))
+def test_valid_input_runs_to_completion(kind, workdirs):
+    @fuzz_settings(MUST_RUN_EXAMPLES[kind])
+    @given(overrides=MUST_RUN[kind])
+    def check(overrides):
+        args, code, stderr, run_dir = run_in_process(overrides, workdirs)
+        assert code == 0 and "Traceback" not in stderr, "must run" + shown(args, code, stderr)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed", summary
+        final = summary["final"]
+        assert all(math.isfinite(final[k]) for k in ("test/accuracy", "test/knn_accuracy")), final
+
+    check()
+
+
+@pytest.mark.xfail(strict=True, reason="known gaps in the checks (KNOWN_GAPS): accepted today")
+@pytest.mark.parametrize("key,value", KNOWN_GAPS, ids=[f"{k}={v}" for k, v in KNOWN_GAPS])
+def test_known_gaps_are_still_accepted(key, value, workdirs):
+    args, code, stderr, _ = run_in_process([f"{key}={value}"], workdirs)
+    assert key_named(assert_one_line_error(code, stderr), key), shown(args, code, stderr)
+
+
+def test_the_tables_cover_every_key():
+    """Each key of the composed configs is fuzzed with valid and invalid values, or is listed in NOT_FUZZED.
+
+    A new option without an entry here fails this test, so it cannot go unfuzzed.
+    """
+    valid, invalid = {c.key for c in VALID}, {c.key for c in INVALID} | {k for k, _ in KNOWN_GAPS}
+    missing_valid = sorted(ALL_KEYS - valid - set(NOT_FUZZED) - {"backbone.bn_momentum"})  # wrn28_2: slow to run
+    missing_invalid = sorted(ALL_KEYS - invalid - set(NOT_FUZZED))
+    assert not missing_valid and not missing_invalid, (missing_valid, missing_invalid)
+    assert not (valid | invalid) - ALL_KEYS - set(GROUPS), "a table names a key no config has"
 
 
 # Overrides that ended in a traceback (or in more than one line) before the fuzzer found them.
@@ -271,26 +574,20 @@ def test_overrides_that_once_gave_a_traceback(overrides, tmp_path):
     run_dir = [] if any(o.startswith("hydra.run.dir=") for o in rest) else [f"hydra.run.dir={tmp_path / 'run'}"]
     args = flags + BASE + rest + run_dir
     code, _, stderr = run_cli(args, tmp_path)
-    assert_runs_or_one_line(code, stderr, args)
-    assert code == 2
+    assert_one_line_error(code, stderr)
     assert not (tmp_path / "run").exists()  # refused before Hydra created the run directory
 
 
-# One of each interesting strategy through the installed command, in a child process, as a user runs it.
-THROUGH_THE_COMMAND = [["optim.lr=abc"], ["~seed"], ["a==b"], ["+trainer.foo=1"], ["method=nope"], ["--nope"]]
+# One of each kind of refused input through the installed command, in a child process, as a user runs it.
+THROUGH_THE_COMMAND = [(["optim.lr=abc"], "optim.lr"), (["~seed"], "seed"), (["a==b"], ""),
+                       (["+trainer.foo=1"], "trainer.foo"), (["method=nope"], "nope"), (["--nope"], "--nope")]
 
 
-@pytest.mark.parametrize("overrides", THROUGH_THE_COMMAND, ids=[" ".join(o) for o in THROUGH_THE_COMMAND])
-def test_hostile_overrides_through_the_installed_command(overrides, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,named", THROUGH_THE_COMMAND, ids=[" ".join(o) for o, _ in THROUGH_THE_COMMAND])
+def test_refused_through_the_installed_command(overrides, named, tmp_path):
     args = BASE + list(overrides) + [f"hydra.run.dir={tmp_path / 'run'}"]
     result = ssl_train(args, tmp_path, timeout=120)
-    assert_runs_or_one_line(result.returncode, result.stderr, args)
-    assert result.returncode == 2
+    line = assert_one_line_error(result.returncode, result.stderr)
+    assert key_named(line, named), line
     assert not (tmp_path / "run").exists()
-
-
-def test_known_keys_cover_every_group():
-    """The fuzzer knows the keys of every config group (so a new key gets fuzzed as soon as it exists)."""
-    groups = {k.split(".")[0] for k in KNOWN_KEYS}
-    assert {"dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "seed"} <= groups
-    assert sum(EXAMPLES.values()) >= 500

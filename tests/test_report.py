@@ -57,6 +57,7 @@ def test_partial_sweep_names_what_is_missing(tmp_path):
     assert "fixmatch / 20 labels / seed 1" in report.missing and "supervised / 20 labels / seed 1" in report.missing
 
 
+@pytest.mark.slow
 def test_real_multirun_with_a_failing_job(tmp_path):
     # num_labels=2 is below synthetic's 4 classes: those jobs fail, the others must still run and report.
     result = ssl_train(["-m", "debug=smoke", "method=supervised,fixmatch", "dataset.num_labels=8,2,16",

@@ -107,16 +107,22 @@ def test_contrastive_views_differ_per_image_and_between_views():
     assert all(not torch.equal(x, y) for x, y in zip(a, b))  # the two views of each image differ
 
 
-def test_contrastive_view_without_motion_or_colour_is_identity():
-    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+def test_contrastive_view_without_flip_or_colour_keeps_colours_and_orientation():
+    # Red rises from left to right; green and blue are flat. Area 1 with a random aspect ratio still
+    # crops (zooms) one side, so pixels move, but without flip, jitter or grayscale the red ramp still
+    # rises left to right and the flat channels keep their value.
+    ramp = torch.linspace(0, 250, 16).round().to(torch.uint8)
+    images = torch.empty(32, 3, 16, 16, dtype=torch.uint8)
+    images[:, 0] = ramp
+    images[:, 1], images[:, 2] = 90, 170
     out = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=False,
-                              jitter=0.0, grayscale_prob=0.0)
-    # Area 1 with a random aspect ratio still crops one side; only ratio 1 is the identity, so compare
-    # against the image only where the crop is (numerically) the full image.
-    assert out.shape == images.shape
-    full = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=False,
-                               jitter=0.0, grayscale_prob=0.0)
-    assert torch.equal(out, full)  # same seed, same view
+                              jitter=0.0, grayscale_prob=0.0).int()
+    assert (out[:, 0, :, 1:] >= out[:, 0, :, :-1]).all()  # never mirrored
+    assert (out[:, 0, :, -1] - out[:, 0, :, 0] > 150).all()
+    assert (out[:, 1] - 90).abs().max() <= 1 and (out[:, 2] - 170).abs().max() <= 1
+    flipped = contrastive_augment(images, torch.Generator().manual_seed(0), crop_scale=(1.0, 1.0), flip=True,
+                                  jitter=0.0, grayscale_prob=0.0).int()
+    assert (flipped[:, 0, :, 0] > flipped[:, 0, :, -1]).any()  # with flip=True some are mirrored
 
 
 def test_augmenter_has_a_contrastive_view_for_every_config():
@@ -128,6 +134,7 @@ def test_augmenter_has_a_contrastive_view_for_every_config():
 # --------------------------------------------------------------------------- pretraining runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_pretraining_runs_and_reports_knn_and_probe(method, tmp_path):
     result = ssl_train(SMOKE + [f"method={method}", "hydra.run.dir=run"], tmp_path)
@@ -135,10 +142,11 @@ def test_pretraining_runs_and_reports_knn_and_probe(method, tmp_path):
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["method"] == method
-    assert 0.0 <= summary["final"]["test/knn_accuracy"] <= 1.0
     assert "linear probe" in summary["reported_accuracy"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all("test/knn_accuracy" in r and "val/knn_accuracy" in r for r in rows)
+    # The summary reports the last evaluation, and its kNN monitor beats chance (0.25, 4 classes): ~0.99 here.
+    assert summary["final"]["test/knn_accuracy"] == rows[-1]["test/knn_accuracy"] > 0.5
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert any(k.startswith("projector.") for k in state["method"])
 
@@ -191,6 +199,7 @@ def pretrained_run(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     scratch = trainer_for(SMOKE + ["method=supervised"], tmp_path / "a")
@@ -208,6 +217,7 @@ def test_pretrained_backbone_changes_the_starting_weights(pretrained_run, tmp_pa
     ("dataset.image_size=20", "image_size [16, 16] vs [20, 20]"),
     ("dataset.channels=1", "channels 3 vs 1"),
 ])
+@pytest.mark.slow
 def test_mismatched_pretrained_backbone_is_refused(pretrained_run, tmp_path, override, difference):
     cfg = compose(SMOKE + ["method=supervised", override, f"backbone.init_from={pretrained_run}"])
     with pytest.raises(UserError, match="does not fit") as info:
@@ -215,6 +225,7 @@ def test_mismatched_pretrained_backbone_is_refused(pretrained_run, tmp_path, ove
     assert difference in str(info.value)
 
 
+@pytest.mark.slow
 def test_pretrained_from_another_class_count_keeps_a_fresh_classifier(pretrained_run, tmp_path):
     cfg = compose(SMOKE + ["method=supervised", "dataset.num_classes=2", "dataset.num_labels=8",
                            f"backbone.init_from={pretrained_run}"])
@@ -222,6 +233,7 @@ def test_pretrained_from_another_class_count_keeps_a_fresh_classifier(pretrained
     assert trainer.model.classifier.out_features == 2
 
 
+@pytest.mark.slow
 def test_missing_pretrained_gives_one_line(tmp_path):
     result = ssl_train(SMOKE + ["method=supervised", f"backbone.init_from={tmp_path / 'nope'}"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -229,6 +241,7 @@ def test_missing_pretrained_gives_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_frozen_features_train_the_classifier_only(pretrained_run, tmp_path):
     cfg = compose(SMOKE + ["method=fixmatch", f"backbone.init_from={pretrained_run}", "backbone.freeze_features=true"])
     trainer = Trainer(check_config(cfg), tmp_path)
@@ -249,6 +262,7 @@ SELFSUP = SMOKE + ["method=selfsup", "method.pretrain_steps=4", "method.pretrain
                    "trainer.checkpoint_every=2", "trainer.eval_every=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pretrain,finetune,freeze", [("simclr", "fixmatch", "false"), ("byol", "supervised", "true")])
 def test_selfsup_runs_both_stages_in_one_directory(pretrain, finetune, freeze, tmp_path):
     result = ssl_train(SELFSUP + [f"method.pretrain={pretrain}", f"method.finetune={finetune}",
@@ -273,6 +287,7 @@ def test_selfsup_runs_both_stages_in_one_directory(pretrain, finetune, freeze, t
     assert finetune_cfg["backbone"]["freeze_features"] == (freeze == "true")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [2, 5], ids=["in-pretraining", "in-fine-tuning"])
 def test_selfsup_resumes_to_the_uninterrupted_result(stop_at, tmp_path):
     full = ssl_train(SELFSUP + ["hydra.run.dir=full"], tmp_path)
@@ -290,6 +305,7 @@ def test_selfsup_resumes_to_the_uninterrupted_result(stop_at, tmp_path):
     assert a["stages"]["pretrain"]["final"] == b["stages"]["pretrain"]["final"]
 
 
+@pytest.mark.slow
 def test_selfsup_bad_stage_names(tmp_path):
     for override, message in (("method.pretrain=fixmatch", "method.pretrain must be one of simclr, byol"),
                               ("method.finetune=simclr", "method.finetune must be one of")):

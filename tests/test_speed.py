@@ -19,7 +19,8 @@ def trainer_for(overrides, run_dir):
     return Trainer(check_config(compose(overrides)), run_dir)
 
 
-@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (33, 1, 8, 8), (16, 3, 12, 20), (0, 3, 8, 8)])
+@pytest.mark.parametrize("shape", [pytest.param((64, 3, 32, 32), marks=pytest.mark.slow), (33, 1, 8, 8), (16, 3, 12, 20),
+                                   (0, 3, 8, 8)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rand_augment_sync_free_path_gives_the_grouped_result(shape, seed):
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
@@ -38,6 +39,7 @@ def test_step_sampler_is_a_pure_function_of_the_step():
     assert sorted(epoch.tolist()) == list(range(10))
 
 
+@pytest.mark.slow
 def test_trainer_compile_compiles_the_model_in_place(tmp_path):
     trainer = trainer_for(["debug=smoke", "trainer.compile=true", "trainer.compile_mode=default"], tmp_path)  # compiling itself happens at the first call, not tested here (slow on a CPU)
     assert trainer.model._compiled_call_impl is not None
@@ -68,6 +70,7 @@ TINY = ["--backbone", "cnn", "--device", "cpu", "--batch-size", "4", "--unlabele
         "--warmup", "1", "--eval-images", "16", "--eval-batch-size", "8", "--peak-tflops", "1"]
 
 
+@pytest.mark.slow
 def test_benchmark_synthetic_writes_every_phase(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(TINY + ["--train-images", "64", "--json", str(out)]) == 0
@@ -83,6 +86,7 @@ def test_benchmark_synthetic_writes_every_phase(tmp_path, capsys):
     assert "(b) full training step" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_benchmark_streams_an_image_folder(tmp_path):
     root = write_image_folder(tmp_path / "folder", per_class=12, size=12)
     out = tmp_path / "bench.json"

@@ -90,6 +90,7 @@ def test_streamed_batches_equal_in_memory_batches(folder, tmp_path):
     streamed.data.images.close()
 
 
+@pytest.mark.slow
 def test_streaming_run_completes_from_the_command_line(folder, tmp_path):
     result = ssl_train(["dataset=imagefolder", f"dataset.root={folder}", "dataset.streaming=true", *COMMON,
                         "dataset.num_validation=3", "trainer.max_steps=4", "trainer.eval_every=2",
@@ -101,6 +102,7 @@ def test_streaming_run_completes_from_the_command_line(folder, tmp_path):
     assert not (tmp_path / ".cache").exists() or not list((tmp_path / ".cache").glob("imagefolder-*"))  # no decode cache
 
 
+@pytest.mark.slow
 def test_streaming_resume_gives_the_same_result_as_an_uninterrupted_run(folder, tmp_path):
     extra = ["dataset.num_workers=1", "trainer.max_steps=6", "trainer.eval_every=2", "trainer.checkpoint_every=2"]
     full = run(folder_cfg(folder, tmp_path, True, *extra), tmp_path / "full")
