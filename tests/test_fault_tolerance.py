@@ -474,7 +474,7 @@ def test_resume_refuses_data_with_another_class_count(stopped_folder_run):
 
 @pytest.mark.parametrize("change,what", [
     ({"size": 16}, "image_size [12, 12] in the checkpoint, [16, 16] now"),
-    ({"grey": True}, "in_channels 3 in the checkpoint, 1 now"),
+    ({"grey": True}, "channels 3 in the checkpoint, 1 now"),
 ], ids=["image size", "channels"])
 def test_resume_refuses_data_with_another_input_shape(change, what, stopped_folder_run):
     folder, run_dir = stopped_folder_run

@@ -158,6 +158,7 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
          "trainer.batch_size=16", "dataset.num_validation=0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.

@@ -35,6 +35,7 @@ def digits_run(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 def test_load_model_in_a_fresh_process_without_the_data_set(digits_run):
     summary = json.loads((digits_run / "summary.json").read_text())
     script = textwrap.dedent(f"""
@@ -58,6 +59,7 @@ def test_load_model_in_a_fresh_process_without_the_data_set(digits_run):
     assert names.strip() == str([str(d) for d in range(10)])
 
 
+@pytest.mark.slow
 def test_loaded_model_predicts_class_names_from_images_and_paths(digits_run, tmp_path):
     from PIL import Image
 
@@ -69,6 +71,7 @@ def test_loaded_model_predicts_class_names_from_images_and_paths(digits_run, tmp
     assert probs.shape == (3, 10) and torch.allclose(probs.sum(1), torch.ones(3))
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_their_format_and_model_card(digits_run):
     state = load_checkpoint(digits_run / "last.pt")
     card = state["model_card"]
@@ -78,6 +81,7 @@ def test_checkpoints_carry_their_format_and_model_card(digits_run):
     assert card["backbone"] == "cnn" and card["backbone_options"] == {"batch_norm": True, "dropout": 0.0}
 
 
+@pytest.mark.slow
 def test_a_format_1_checkpoint_resumes_to_the_result_of_its_own_version(tmp_path):
     run = shutil.copytree(FIXTURE, tmp_path / "run")
     assert "format_version" not in torch.load(run / "last.pt", weights_only=True)

@@ -17,6 +17,7 @@ import yaml
 
 from conftest import ssl_train
 from ssl_cli.apps.train import objective
+from ssl_cli.engine.config import compose as engine_compose
 from ssl_cli.apps.report import make_report
 
 # A few steps per job: these tests check the plumbing, not the accuracy.
@@ -130,13 +131,7 @@ def test_submitit_local_launcher_runs_a_sweep_end_to_end(tmp_path):
 
 @needs_submitit
 def test_slurm_preset_composes(tmp_path):
-    from hydra import compose, initialize_config_module
-
-    import ssl_cli.cli  # noqa: F401  (registers the resolvers the config uses)
-
-    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    cfg = engine_compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
     from hydra.plugins.launcher import Launcher
     from hydra.utils import get_class
 

@@ -30,7 +30,7 @@ def test_wheel_ships_configs_and_runs_elsewhere(tmp_path):
     elsewhere.mkdir()
     # The wheel's copy comes first on the path, so the checkout is not what runs.
     env = {**os.environ, "PYTHONPATH": str(site), "SSL_CLI_CACHE": str(tmp_path / "cache")}
-    code = "import ssl_cli, sys; print(ssl_cli.__file__); sys.argv[0] = 'ssl-train'; from ssl_cli.cli import main; main()"
+    code = "import ssl_cli, sys; print(ssl_cli.__file__); sys.argv[0] = 'ssl-train'; from ssl_cli.apps.train import main; main()"
     result = subprocess.run([sys.executable, "-c", code, "debug=smoke", "hydra.run.dir=run"], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
