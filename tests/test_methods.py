@@ -115,6 +115,7 @@ def test_pseudolabel_trains_the_weak_view_on_its_own_confident_argmax_after_the_
 
 
 def test_simclr_pairs_each_image_with_its_own_other_view():
+    torch.manual_seed(0)
     method = build("simclr", temperature=0.5)
     model = StubModel()
     v1, v2 = images(0, 1, 2), images(3, 4, 5)
@@ -127,12 +128,13 @@ def test_simclr_pairs_each_image_with_its_own_other_view():
 
 
 def test_byol_prediction_of_each_view_regresses_the_target_of_the_other():
+    torch.manual_seed(0)  # the heads' initial weights
     method = build("byol", target_decay=0.99)
     model = StubModel()
     method.setup(model, None)
     with torch.no_grad():  # a target that differs from the online network, so the pairing matters
         for p in method.target.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            p.add_(3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     v1, v2 = images(0, 1), images(2, 3)
     out = method.training_step(model, Batch(unlabeled=(v1, v2)), 0)
     both = torch.cat([v1, v2])
@@ -142,7 +144,7 @@ def test_byol_prediction_of_each_view_regresses_the_target_of_the_other():
     expected = byol_loss(pred[:2], target[2:]) + byol_loss(pred[2:], target[:2])
     same_view = byol_loss(pred[:2], target[:2]) + byol_loss(pred[2:], target[2:])
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert not math.isclose(out.loss.item(), same_view.item(), rel_tol=1e-3)
+    assert not math.isclose(out.loss.item(), same_view.item(), rel_tol=1e-4)
 
 
 def test_every_registered_method_has_a_view_test():

@@ -140,10 +140,8 @@ def test_slurm_preset_composes(tmp_path):
     assert issubclass(get_class(launcher._target_), Launcher)
     assert launcher.partition == "gpu"
     # The preset extends the plugin's schema: its keys are the plugin's, so a misspelt one is refused.
-    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
-        with pytest.raises(Exception, match="gpus_per_nod"):
-            compose(config_name="train", return_hydra_config=True,
-                    overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_nod=2"])
+    with pytest.raises(Exception, match="gpus_per_nod"):
+        engine_compose(["hydra/launcher=slurm", "hydra.launcher.gpus_per_nod=2"], return_hydra_config=True)
 
 
 @pytest.mark.slow

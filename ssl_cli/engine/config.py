@@ -178,7 +178,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
     unknown = sorted(k for k in plain if k not in top and k not in GROUPS)
     if unknown:
         raise UserError(f"unknown key {', '.join(unknown)}; top-level keys: {', '.join(sorted([*top, *GROUPS]))}")
-    run = RunOptions(**{k: plain[k] for k in top if k in plain})
+    run = from_config(RunOptions, {k: v for k, v in plain.items() if k in top}, "the config")
     names, options = {}, {}
     for group, registry in NAMED_GROUPS.items():
         name = plain[group].get("name")
