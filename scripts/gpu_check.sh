@@ -18,7 +18,7 @@
 #   train_summary.json   the run's summary.json        gpu_check.tar.gz  everything else (no checkpoints)
 #
 # --rehearse: the same commands on this CPU at tiny sizes (cnn, batch 4, a few steps, 30 images a class),
-#             to catch typos before device time is spent. Rehearsed on a 2-core CPU (see GPU_NOTES.md):
+#             to catch typos before device time is spent. Rehearsed on a 2-core CPU (see docs/gpu_check.md):
 #   PYTHON=/work/main/.venv/bin/python bash scripts/gpu_check.sh /tmp/gpu_out --rehearse
 #   (clean: every step ok in 117 s, about 3 minutes with a cold torch.compile cache; `--only train`: 41 s;
 #   again on the restructured package (ssl-cli 0.2), AMD EPYC 2 cores: every step ok in 71 s)
