@@ -7,7 +7,7 @@ Options: python scripts/benchmark.py --help; what it measures: docs/benchmarks.m
 
 import sys
 
-from ssl_cli.bench import main
+from ssl_cli.apps.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ssl_cli.core.tables import markdown_table
+
 
 def read_metrics(run_dir: Path) -> dict:
     rows = {}
@@ -35,8 +37,7 @@ def main(argv=None) -> None:
     last = steps[-1] if steps else 0
     if args.every:
         steps = [s for s in steps if s % args.every == 0 or s == last]
-    print("| run | metric | " + " | ".join(str(s) for s in steps) + " |")
-    print("|---|---|" + "---:|" * len(steps))
+    table = []
     for run, rows in runs.items():
         for metric in metrics:
             cells = []
@@ -44,7 +45,8 @@ def main(argv=None) -> None:
                 value = rows.get(s, {}).get(metric)
                 cells.append("" if value is None else f"{100 * value:.1f}")
             if any(cells):
-                print(f"| {run.name} | {metric} | " + " | ".join(cells) + " |")
+                table.append([run.name, metric, *cells])
+    print(markdown_table(["run", "metric", *map(str, steps)], table, align="ll" + "r" * len(steps)), end="")
 
 
 if __name__ == "__main__":

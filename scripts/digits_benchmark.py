@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssl_cli.core.tables import markdown_table
+
 METHODS = ("supervised", "pseudolabel", "fixmatch")
 
 
@@ -64,17 +66,17 @@ def main() -> None:
             print(f"final {method:12s} seed {seed} test {s['final']['test/accuracy']:.4f} "
                   f"({s['wall_time_s']:.1f} s)", flush=True)
 
-    lines = ["| method | lr (chosen on validation) | final test accuracy, mean ± std | per seed | wall time per run |",
-             "|---|---|---|---|---|"]
+    final = []
     for method in METHODS:
         accs = [100 * s["final"]["test/accuracy"] for s in results[method]]
         times = [s["wall_time_s"] for s in results[method]]
-        lines.append(f"| {method} | {chosen[method]} | {statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f} % | "
-                     f"{', '.join(f'{x:.1f}' for x in accs)} | {min(times):.0f}–{max(times):.0f} s |")
-    lines += ["", "Validation accuracy of the learning-rate candidates (seed 0):", "",
-              "| method | lr | final validation accuracy | wall time |", "|---|---|---|---|"]
-    lines += [f"| {m} | {lr} | {100 * v:.1f} % | {t:.0f} s |" for m, lr, v, t in tuning]
-    table = "\n".join(lines)
+        final.append([method, chosen[method], f"{statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f} %",
+                      ", ".join(f"{x:.1f}" for x in accs), f"{min(times):.0f}–{max(times):.0f} s"])
+    table = (markdown_table(["method", "lr (chosen on validation)", "final test accuracy, mean ± std", "per seed",
+                             "wall time per run"], final)
+             + "\nValidation accuracy of the learning-rate candidates (seed 0):\n\n"
+             + markdown_table(["method", "lr", "final validation accuracy", "wall time"],
+                              [[m, lr, f"{100 * v:.1f} %", f"{t:.0f} s"] for m, lr, v, t in tuning])).rstrip()
     print(table)
     if a.markdown:
         a.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ssl_cli.core.tables import markdown_table
+
 METHODS = {
     "supervised": ["method=supervised"],
     "pseudolabel": ["method=pseudolabel"],
@@ -54,16 +56,10 @@ def main() -> int:
         print(json.dumps(results, indent=2))
         return 0
     old = json.loads(a.compare.read_text())
-    same = True
-    print("| method | figure | before | after | same |")
-    print("|---|---|---:|---:|---|")
-    for name, now in results.items():
-        for key, value in now.items():
-            before = old.get(name, {}).get(key)
-            equal = before == value
-            same &= equal
-            print(f"| {name} | {key} | {before!r} | {value!r} | {'yes' if equal else 'NO'} |")
-    return 0 if same else 1
+    rows = [[name, key, repr(old.get(name, {}).get(key)), repr(value), "yes" if old.get(name, {}).get(key) == value
+             else "NO"] for name, now in results.items() for key, value in now.items()]
+    print(markdown_table(["method", "figure", "before", "after", "same"], rows, align="llrrl"), end="")
+    return 0 if all(r[-1] == "yes" for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ssl_cli.core.tables import markdown_table
+from ssl_cli.engine.config import check_config, compose
+from ssl_cli.engine.trainer import Trainer
+
 
 def ssl_train(args, run_dir: Path) -> dict:
     exe = Path(sys.executable).with_name("ssl-train")
@@ -34,15 +38,8 @@ def ssl_train(args, run_dir: Path) -> dict:
 
 def random_init_knn(overrides) -> float:
     """kNN test accuracy of the untrained backbone, through Trainer.evaluate like any run."""
-    from hydra import compose, initialize_config_module
-
-    import ssl_cli.cli  # noqa: F401  (registers the config resolvers)
-    from ssl_cli.train import Trainer
-
-    with initialize_config_module(config_module="ssl_cli.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
     with tempfile.TemporaryDirectory() as tmp:
-        results = Trainer(cfg, Path(tmp)).evaluate()
+        results = Trainer(check_config(compose(list(overrides))), Path(tmp)).evaluate()
     return results["test"]["knn_accuracy"]
 
 
@@ -76,16 +73,12 @@ def main() -> None:
                      "selfsup_s": ss["wall_time_s"], "supervised_s": sup["wall_time_s"]})
         print(json.dumps(rows[-1]), flush=True)
 
-    lines = ["| seed | kNN, random init | kNN, pretrained | linear probe, pretrained | selfsup (fine-tuned) | "
-             "supervised | wall time selfsup / supervised |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {100 * r['random_knn']:.1f} | {100 * r['pretrained_knn']:.1f} | "
-                     f"{100 * r['pretrained_probe']:.1f} | {100 * r['selfsup']:.1f} | {100 * r['supervised']:.1f} | "
-                     f"{r['selfsup_s']:.0f} s / {r['supervised_s']:.0f} s |")
-    col = lambda k: [r[k] for r in rows]  # noqa: E731
-    lines.append(f"| mean ± std | {mean_std(col('random_knn'))} | {mean_std(col('pretrained_knn'))} | "
-                 f"{mean_std(col('pretrained_probe'))} | {mean_std(col('selfsup'))} | {mean_std(col('supervised'))} | |")
-    table = "\n".join(lines)
+    keys = ("random_knn", "pretrained_knn", "pretrained_probe", "selfsup", "supervised")
+    body = [[r["seed"], *(f"{100 * r[k]:.1f}" for k in keys), f"{r['selfsup_s']:.0f} s / {r['supervised_s']:.0f} s"]
+            for r in rows]
+    body.append(["mean ± std", *(mean_std([r[k] for r in rows]) for k in keys), ""])
+    table = markdown_table(["seed", "kNN, random init", "kNN, pretrained", "linear probe, pretrained",
+                            "selfsup (fine-tuned)", "supervised", "wall time selfsup / supervised"], body).rstrip()
     print(table)
     if a.markdown:
         a.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_cli.core.errors import UserError
+from ssl_cli.core.tables import markdown_table
 from ssl_cli.engine.config import check_config, compose
 from ssl_cli.engine.model_io import load_model
 from ssl_cli.engine.outputs import LAST
@@ -487,14 +488,12 @@ def format_report(r: dict) -> str:
         + (f"{r['flops_per_step'] / 1e9:.1f} G" if r["flops_per_step"] else "not counted"),
         f"warm-up {a['warmup']}, {a['repeats']} repeats of {a['steps_per_repeat']} call(s)",
         "",
-        "| phase | median ms | min-max ms | IQR ms | images/s | TFLOP/s | of peak |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for key, s in r["phases"].items():
-        tf = f"{s['tflops']:.3f}" if "tflops" in s else ""
-        pf = f"{100 * s['peak_fraction']:.0f} %" if "peak_fraction" in s else ""
-        lines.append(f"| {PHASE_NAMES[key]} | {1e3 * s['median_s']:.1f} | {1e3 * s['min_s']:.1f}-"
-                     f"{1e3 * s['max_s']:.1f} | {1e3 * s['iqr_s']:.1f} | {s['images_per_s']:.0f} | {tf} | {pf} |")
+    rows = [[PHASE_NAMES[key], f"{1e3 * s['median_s']:.1f}", f"{1e3 * s['min_s']:.1f}-{1e3 * s['max_s']:.1f}",
+             f"{1e3 * s['iqr_s']:.1f}", f"{s['images_per_s']:.0f}", f"{s['tflops']:.3f}" if "tflops" in s else "",
+             f"{100 * s['peak_fraction']:.0f} %" if "peak_fraction" in s else ""] for key, s in r["phases"].items()]
+    lines += markdown_table(["phase", "median ms", "min-max ms", "IQR ms", "images/s", "TFLOP/s", "of peak"],
+                            rows).rstrip().split("\n")
     ratios = r["ratios"]
     lines += ["",
               f"step / compute (images/s): {ratios['step_over_compute']:.3f}",
