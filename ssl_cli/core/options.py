@@ -171,9 +171,6 @@ class Options:
     def check(self) -> None:
         """Rules that tie several options together; raise a UserError naming the keys."""
 
-    def key(self, name: str) -> str:
-        return f"{self.group}.{name}" if self.group else name
-
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 

@@ -38,10 +38,6 @@ class DatasetOptions(Options):
                                                   "run, to reuse its split exactly")
     allow_flip: bool = option(True, "whether augmentation may mirror images (false for digits)")
 
-    # Keys that choose the split or the augmentation rather than what the loader reads.
-    SPLIT_KEYS = ("num_labels", "label_fraction", "num_validation", "unlabeled_includes_labeled",
-                  "labeled_indices", "allow_flip")
-
     def check(self) -> None:
         if self.labeled_indices is None and (self.num_labels is None) == (self.label_fraction is None):
             raise UserError("set exactly one of dataset.num_labels and dataset.label_fraction "
