@@ -332,8 +332,7 @@ def _phases(a, trainer, device, sync, peak, tmp: Path) -> dict:
     model, method, optimizer = trainer.model, trainer.method, trainer.optimizer
     builder, data = trainer.batches, trainer.data
     model.train()
-    if hasattr(method, "train"):
-        method.train()
+    method.train()
     batch = builder(0)  # (a) trains on this batch: ready, normalised tensors on the device
     images = batch_images(batch)
     step_flops, eval_flops = count_flops(trainer, batch)

@@ -136,7 +136,7 @@ class SweepChecks(Callback):
 
 
 def _check_composes(argv) -> None:
-    """Checks the command line before Hydra starts (see ssl_cli.preflight): one line for anything wrong.
+    """Checks the command line before Hydra starts (see ssl_cli.apps.preflight): one line for anything wrong.
 
     Nothing is written before this passes: Hydra creates the run directory only afterwards, so a bad
     override never leaves an empty run directory behind and an earlier run is never overwritten.

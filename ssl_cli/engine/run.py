@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine.checkpoint import load_checkpoint, upgrade_config
-from ssl_cli.engine.config import check_config
+from ssl_cli.engine.config import RunConfig, check_config
 from ssl_cli.engine.outputs import LAST, STAGES, SUMMARY, write_json, write_summary
 from ssl_cli.engine.trainer import Trainer, check_fits
 from ssl_cli.methods import METHODS
@@ -57,14 +57,14 @@ def run(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None) -> dict:
         raise UserError(f"{run_dir} already holds a run; continue it with resume={run_dir} or pick another run directory")
     stages = METHODS.get(checked.names["method"]).stages(cfg, run_dir)
     if len(stages) == 1:
-        return run_stage(stages[0][1], run_dir, choices, resume_state)
+        return run_stage(checked, run_dir, choices, resume_state)  # the config checked above, not again
     return run_stages(checked.plain(), stages, run_dir, choices)
 
 
-def run_stage(cfg: DictConfig, run_dir: Path, choices: Optional[dict], resume_state: Optional[dict]) -> dict:
-    trainer = Trainer(check_config(cfg), run_dir, choices)
+def run_stage(run: RunConfig, run_dir: Path, choices: Optional[dict], resume_state: Optional[dict]) -> dict:
+    trainer = Trainer(run, run_dir, choices)
     if resume_state is not None:
-        check_fits(resume_state.get("model_card"), trainer.shape(), cfg.resume)
+        check_fits(resume_state.get("model_card"), trainer.shape(), run.resume)
         trainer.load_state_dict(resume_state)
         log.info("resuming from step %d of %d", trainer.step, trainer.options.max_steps)
         if resume_state.get("upgraded_from"):  # rewritten at once in today's format, with its model card
@@ -90,7 +90,7 @@ def run_stages(config: dict, stages, run_dir: Path, choices: Optional[dict]) -> 
             stage_cfg.resume = str(stage_dir)
         log.info("stage %s: method=%s, %d steps, in %s", name, stage_cfg.method.name,
                  stage_cfg.trainer.max_steps, stage_dir)
-        summaries[name] = run_stage(stage_cfg, stage_dir, choices, state)
+        summaries[name] = run_stage(check_config(stage_cfg), stage_dir, choices, state)
         if summaries[name]["status"] != "completed":
             break
     last = summaries[list(summaries)[-1]]
