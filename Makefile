@@ -23,11 +23,12 @@ run: install
 	$(BIN)/ssl-train -m method=supervised,pseudolabel,fixmatch
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
+# -n 2: two pytest-xdist workers, one per core of the 2-core machines we run on.
 test: install
-	$(BIN)/python -m pytest; status=$$?; \
+	$(BIN)/python -m pytest -n 2; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The fast tier: every module, without the tests marked slow (pytest -m "not slow").
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"; status=$$?; \
+	$(BIN)/python -m pytest -n 2 -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
