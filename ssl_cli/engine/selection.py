@@ -11,7 +11,7 @@ function of (features, label count, seed), so every method of a sweep gets the s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,12 +37,12 @@ def pool_outputs(model: TrainedModel, images_uint8: torch.Tensor, batch_size: in
     return torch.cat(features).numpy(), torch.cat(probabilities).numpy()
 
 
-def feature_model(source: Union[str, Path], label: str) -> TrainedModel:
-    """load_model, with its one-line errors naming the option that gave the run."""
+def feature_model(source: Union[str, Path], label: Optional[str] = None) -> TrainedModel:
+    """load_model, with its one-line errors naming the option that gave the run (`label`)."""
     try:
         return load_model(source)
     except UserError as e:
-        raise UserError(f"{label}={source}: {e}") from None
+        raise UserError(f"{label}={source}: {e}" if label else str(e)) from None
 
 
 def selected_split(run: RunConfig, data) -> Split:
