@@ -122,7 +122,7 @@ def contact_sheet(images: torch.Tensor, captions: List[str], path: Path) -> None
         tile = tile.resize((SHEET_TILE, SHEET_TILE), Image.NEAREST)
         x, y = (i % SHEET_COLUMNS) * SHEET_TILE, (i // SHEET_COLUMNS) * (SHEET_TILE + 14)
         sheet.paste(tile, (x, y))
-        draw.text((x + 2, y + SHEET_TILE), caption[:16], fill="black")
+        draw.text((x + 2, y + SHEET_TILE), caption[:18], fill="black")
     sheet.save(path)
 
 
@@ -161,7 +161,7 @@ def run_select(args: argparse.Namespace) -> Path:
             cluster = "" if chosen.cluster is None else int(chosen.cluster[rank])
             writer.writerow([rank + 1, names[i], model.class_names[guess[rank]], f"{confidence[rank]:.3f}", cluster])
     contact_sheet(images[torch.from_numpy(picked)],
-                  [f"{r + 1} {model.class_names[g]}?" for r, g in enumerate(guess)], out / "to_label.png")
+                  [f"#{r + 1}: {model.class_names[g]}?" for r, g in enumerate(guess)], out / "to_label.png")
     record = {"strategy": args.strategy, "run": str(model.source), "pool": args.pool or "the run's own data",
               "seed": args.seed, "budget": args.budget, "pool_size": int(len(candidates)),
               "already_labeled": int(len(labeled)), **chosen.info}
