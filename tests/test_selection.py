@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, compose, run_cli, write_image_folder
+from conftest import REPO, assert_one_line_error, compose, run_cli, write_image_folder
 from ssl_cli.apps import select as select_app
 from ssl_cli.core.errors import UserError
 from ssl_cli.data import load_dataset
@@ -273,3 +276,18 @@ def test_ssl_select_errors_are_one_line(args, fragment, feature_run, capsys):
 def test_ssl_select_on_a_missing_run(capsys, tmp_path):
     code, out = ssl_select([tmp_path / "nothing", "--budget", 3], capsys)
     assert code == 2 and "nothing" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_cifar10_selection_script_on_tiny_data(tmp_path):
+    """scripts/selection_cifar10.sh end to end on tiny synthetic data: pretraining, the sweep, the table."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SSL_CLI_CACHE": str(tmp_path / ".cache"), "PRETRAIN_STEPS": "2", "STEPS": "2", "LABELS": "4",
+           "SEEDS": "0", "JOBS": "1",
+           "DATA": "debug=smoke dataset.num_train=64 dataset.num_test=16 dataset.image_size=8 dataset.num_validation=0"}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "selection_cifar10.sh"), "unused", "out"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| 4 |")]
+    assert [line.split("|")[2].strip() for line in table] == ["random", "typiclust", "probcover"]
+    assert (tmp_path / "out" / "sweep" / "report.md").is_file()
