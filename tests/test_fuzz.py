@@ -139,6 +139,7 @@ VALID: List[Case] = [
     Case("dataset.num_validation", ints(0, 8)),
     Case("dataset.allow_flip", BOOL),
     Case("dataset.unlabeled_includes_labeled", BOOL),
+    Case("dataset.labeled_selection", one_of("random")),  # the others need a feature run: tests/test_selection.py
     Case("dataset.label_fraction", floats(0.3, 1.0), context=("dataset.num_labels=null",), combine=False),
     Case("backbone.batch_norm", BOOL),
     Case("backbone.dropout", floats(0.0, 0.9)),
@@ -224,6 +225,9 @@ INVALID: List[Case] = [
     Case("dataset.label_fraction", floats(0.3, 1.0)),  # together with num_labels: exactly one of the two
     Case("dataset.allow_flip", NOT_A_BOOL),
     Case("dataset.unlabeled_includes_labeled", NOT_A_BOOL),
+    Case("dataset.labeled_selection", st.one_of(one_of("typical", "kmeans", "Random"), NOT_A_NAME)),
+    # a selector without dataset.selection_features has no features to choose with
+    Case("dataset.labeled_selection", one_of("typiclust", "probcover", "kcenter", "margin", "entropy")),
     Case("backbone.batch_norm", NOT_A_BOOL),
     Case("backbone.dropout", st.one_of(below(0.0), st.floats(1.0, 1e6).map(repr), NOT_A_NUMBER)),
     Case("backbone.bn_momentum", st.one_of(below(0.0), one_of("0", "0.0"), above(1.0), NOT_A_NUMBER),
@@ -304,6 +308,7 @@ NOT_FUZZED = {
     "scheduler.name": "set through the scheduler group",
     "resume": "paths: see PATHS",
     "dataset.labeled_indices": "paths: see PATHS",
+    "dataset.selection_features": "paths: see PATHS (a real feature run: tests/test_selection.py)",
     INIT_FROM: "paths: see PATHS (and null in VALID)",
     "method.pretrain_options": "mappings merged over another method's options: tests/test_selfsup.py",
     "method.finetune_options": "as above",
@@ -378,11 +383,13 @@ def missing_path(draw) -> Tuple[List[str], str]:
     path = draw(st.sampled_from(PATHS)) + draw(st.sampled_from(["", "/", "/x"]))
     path = path.rstrip("/") if path.endswith("//") else path
     kind = draw(st.sampled_from(["imagefolder", "cifar10", "cifar100", "mnist", "svhn", "stl10", "resume",
-                                 "labeled_indices", INIT_FROM]))
+                                 "labeled_indices", "selection_features", INIT_FROM]))
     if kind == "resume":
         return [f"resume={path}"], path.rstrip("/")
     if kind == "labeled_indices":
         return [f"dataset.labeled_indices={path}"], path.rstrip("/")
+    if kind == "selection_features":
+        return ["dataset.labeled_selection=typiclust", f"dataset.selection_features={path}"], path.rstrip("/")
     if kind == INIT_FROM:
         return [f"{INIT_FROM}={path}"], path.rstrip("/")
     return [f"dataset={kind}", f"dataset.root={path}"], path.rstrip("/")

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ssl_cli"
 # Lower number = lower layer. A module may import its own layer or any lower one, never a higher one.
-LAYERS = {"core": 0, "data": 1, "transforms": 1, "models": 1, "losses": 1, "methods": 2, "engine": 3, "apps": 4}
+LAYERS = {"core": 0, "data": 1, "transforms": 1, "models": 1, "losses": 1, "selection": 1, "methods": 2, "engine": 3, "apps": 4}
 TOP = 5  # ssl_cli/__init__.py and __main__.py: the public API on top of everything
 
 

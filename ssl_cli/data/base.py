@@ -20,6 +20,8 @@ from ssl_cli.core.options import Options, option
 from ssl_cli.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset", "dataset")
+# dataset.labeled_selection's choices: "random" plus the selectors of ssl_cli.selection (a test keeps them equal)
+SELECTION_STRATEGIES = ("random", "typiclust", "probcover", "kcenter", "margin", "entropy")
 
 
 @dataclass
@@ -36,12 +38,28 @@ class DatasetOptions(Options):
                                                     "(as FixMatch)")
     labeled_indices: Optional[str] = option(None, "a labeled_indices.json (or run directory) of an earlier "
                                                   "run, to reuse its split exactly")
+    labeled_selection: str = option("random", "how the labeled images are chosen: random (class-balanced, "
+                                              "which needs the labels) or a selector that never reads labels, "
+                                              "on the features of dataset.selection_features (ssl_cli.selection)",
+                                    choices=SELECTION_STRATEGIES)
+    selection_features: Optional[str] = option(None, "the run (directory or checkpoint) whose model gives the "
+                                                     "features (or predictions) a selector chooses with")
     allow_flip: bool = option(True, "whether augmentation may mirror images (false for digits)")
 
     def check(self) -> None:
         if self.labeled_indices is None and (self.num_labels is None) == (self.label_fraction is None):
             raise UserError("set exactly one of dataset.num_labels and dataset.label_fraction "
                             "(e.g. dataset.num_labels=40 dataset.label_fraction=null)")
+        if self.labeled_selection != "random":
+            if self.labeled_indices is not None:
+                raise UserError(f"dataset.labeled_selection={self.labeled_selection} and dataset.labeled_indices "
+                                f"both choose the labeled images; set only one of them")
+            if self.selection_features is None:
+                raise UserError(f"dataset.labeled_selection={self.labeled_selection} needs "
+                                f"dataset.selection_features=<run dir> (a SimCLR/BYOL run, or any ssl-train run)")
+        if self.selection_features is not None and not Path(self.selection_features).expanduser().exists():
+            raise UserError(f"dataset.selection_features={self.selection_features}: no such run directory or "
+                            f"checkpoint")
 
 
 @dataclass

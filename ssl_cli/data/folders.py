@@ -50,6 +50,14 @@ def _list_files(folder: Path) -> List[Path]:
     return sorted(p for p in files if p.is_file())
 
 
+def list_files(folder) -> List[Path]:
+    """Every non-hidden file under `folder`, sorted (the files an image folder is read from)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    return _list_files(folder)
+
+
 def _list_class_folder(split_dir: Path) -> Dict[str, List[Path]]:
     return {c: _list_files(split_dir / c) for c in _class_names(split_dir)}
 

@@ -33,6 +33,7 @@ from ssl_cli.engine.evaluation import classification_metrics, classify, embed, f
 from ssl_cli.engine.optim import build_optimizer, build_scheduler
 from ssl_cli.engine.outputs import BEST, LAST, METRICS, write_json, write_summary
 from ssl_cli.engine.progress import TrainingProgress
+from ssl_cli.engine.selection import selected_split
 from ssl_cli.methods import METHODS
 from ssl_cli.models import build_backbone
 from ssl_cli.models.ema import EMA
@@ -152,6 +153,8 @@ def choose_split(run: RunConfig, data, run_dir: Path) -> Split:
     d = run.dataset
     if d.labeled_indices:
         split = load_split(d.labeled_indices, data.name, len(labels), data.num_classes, labels)
+    elif d.labeled_selection != "random":
+        split = selected_split(run, data)
     else:
         split = make_split(labels, data.num_classes, run.seed, num_labels=d.num_labels,
                            label_fraction=d.label_fraction, num_validation=d.num_validation,
