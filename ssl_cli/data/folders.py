@@ -304,40 +304,48 @@ def load_listing(listing: Listing, o: FolderOptions, decode: ListedImagesOptions
 
 
 def _decode_entries(files: Sequence[Path], labels: Sequence[int], d: ListedImagesOptions, where: str,
-                    bad_all: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+                    bad_all: List[str]) -> Tuple[List[torch.Tensor], List[int]]:
     tensors, bad = _decode_files(files, d.channels, d.image_size, d.resize)
     bad_all += bad
     kept = [k for k, t in enumerate(tensors) if t is not None]
     if not kept:
         raise UserError(f"no readable images in {where} ({len(bad)} unreadable, e.g. {bad[0]})" if bad else
                         f"no images in {where}")
-    images = [tensors[k] for k in kept]
+    return [tensors[k] for k in kept], [labels[k] for k in kept]
+
+
+def _stack(images: List[torch.Tensor], labels: List[int], channels: int, where: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Grey images among colour ones (channels=null) become RGB as PIL would make them: the grey repeated.
+    images = [t.expand(channels, -1, -1) if t.shape[0] != channels else t for t in images]
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) > 1:
-        raise UserError(f"images in {where} differ in size or channels ({sorted(shapes)[:3]} ...); "
-                        f"set dataset.image_size and dataset.channels to resize them to one shape")
-    return torch.stack(images), torch.tensor([labels[k] for k in kept], dtype=torch.int64)
+        raise UserError(f"images in {where} differ in size ({sorted(shapes)[:3]} ...); set dataset.image_size "
+                        f"to resize them to one square size (by dataset.resize)")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def _decode_listing(listing: Listing, d: ListedImagesOptions) -> dict:
     bad_all: List[str] = []
-    decoded: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-    for split, entries in listing.labeled_splits():
+    listed = [(split, [f for f, _ in entries], [c for _, c in entries]) for split, entries in listing.labeled_splits()]
+    if listing.unlabeled:
+        listed.append(("unlabeled", listing.unlabeled, [-1] * len(listing.unlabeled)))
+    raw: Dict[str, Tuple[List[torch.Tensor], List[int]]] = {}
+    for split, files, labels in listed:
         where = listing.sources.get(split, str(listing.root))
-        decoded[split] = _decode_entries([f for f, _ in entries], [c for _, c in entries], d, where, bad_all)
+        raw[split] = _decode_entries(files, labels, d, where, bad_all)
         if split == "train":  # every class keeps at least one readable labeled image
-            counts = torch.bincount(decoded[split][1], minlength=len(listing.class_names))
-            for c in torch.nonzero(counts == 0).flatten().tolist():
+            counts = np.bincount(raw[split][1], minlength=len(listing.class_names))
+            for c in np.flatnonzero(counts == 0).tolist():
                 raise UserError(f"class {listing.class_names[c]!r} has no readable labeled image in {where} "
                                 f"(its files are unreadable: see {', '.join(bad_all[:2])})")
-    if listing.unlabeled:
-        decoded["unlabeled"] = _decode_entries(listing.unlabeled, [-1] * len(listing.unlabeled), d,
-                                               listing.sources.get("unlabeled", str(listing.root)), bad_all)
+    # channels=null: grey stays grey only if every image is grey
+    channels = d.channels or max(t.shape[0] for images, _ in raw.values() for t in images)
+    decoded = {split: _stack(*raw[split], channels, listing.sources.get(split, str(listing.root))) for split in raw}
     shape = decoded["train"][0].shape[1:]
     for split, (x, _) in decoded.items():
         if x.shape[1:] != shape:
             raise UserError(f"{split} images in {listing.root} have shape {tuple(x.shape[1:])} but train images "
-                            f"{tuple(shape)}; set dataset.image_size / dataset.channels")
+                            f"{tuple(shape)}; set dataset.image_size to resize every image to one size")
     if "test" not in decoded:
         x, y = decoded["train"]
         tr, te = held_out_split(y.numpy(), d.test_fraction, d.split_seed)
