@@ -312,3 +312,24 @@ def test_bad_resize_policy_is_refused(tmp_path):
     root = _full_folder(tmp_path)
     code, err = _refused(tmp_path, "dataset=imagefolder", f"dataset.root={root}", "dataset.resize=squash")
     assert_one_line_error(code, err, "dataset.resize", "crop")
+
+
+def test_own_data_digits_script_writes_the_hidden_split_as_folders(tmp_path):
+    import importlib.util
+
+    from ssl_cli.data.datasets import DigitsOptions
+    from ssl_cli.data.split import make_split
+
+    spec = importlib.util.spec_from_file_location("odd", Path(__file__).parents[1] / "scripts" / "own_data_digits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.write_digits_folder(tmp_path / "d", seed=1, num_labels=40) == 40
+    folder = load_dataset("imagefolder", root=str(tmp_path / "d"), cache_dir=str(tmp_path / "c"))
+    digits = load_with_options("digits", DigitsOptions())
+    labeled = make_split(digits.train_labels.numpy(), 10, 1, num_labels=40).labeled
+    assert folder.train_images.shape[0] == 40 and len(folder.extra_unlabeled) == len(digits.train_labels) - 40
+    # the same 40 images with the same labels, and the same test set: only the data path differs
+    same = {(bytes(x.numpy()), int(y)) for x, y in zip(digits.train_images[labeled], digits.train_labels[labeled])}
+    assert {(bytes(x.numpy()), int(y)) for x, y in zip(folder.train_images, folder.train_labels)} == same
+    assert torch.equal(folder.test_images.float().mean(), digits.test_images.float().mean())
+    assert sorted(folder.test_labels.tolist()) == sorted(digits.test_labels.tolist())
