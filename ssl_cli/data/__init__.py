@@ -3,7 +3,7 @@
 Importing it registers every data set in `DATASETS`.
 """
 
-from ssl_cli.data import datasets, folders  # noqa: F401  (registers the data sets)
+from ssl_cli.data import csvlist, datasets, folders  # noqa: F401  (registers the data sets)
 from ssl_cli.data.base import DATASETS, DatasetOptions, ImageData, load_dataset
 from ssl_cli.data.batches import Batch, BatchBuilder, DataInfo, TrainingData
 

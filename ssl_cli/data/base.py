@@ -70,8 +70,13 @@ class ImageData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     class_names: List[str]
-    # Extra unlabeled images with no labels at all (STL-10's 100k split); uint8 [M, C, H, W] or None.
+    # Extra unlabeled images with no labels at all (STL-10's 100k split, an image folder's unlabeled/);
+    # uint8 [M, C, H, W] or None. They join the unlabeled pool with hidden label -1 (unknown).
     extra_unlabeled: Optional[torch.Tensor] = None
+    # A validation split given as such (an image folder's val/, dataset.val_csv), else None: then
+    # dataset.num_validation training images are held out instead (ssl_cli.data.split).
+    validation_images: Optional[torch.Tensor] = None
+    validation_labels: Optional[torch.Tensor] = None
     notes: Dict[str, object] = field(default_factory=dict)
 
     @property

@@ -128,13 +128,26 @@ class BatchBuilder:
         return batch
 
 
+def _cat(a, b):
+    """torch.cat for uint8 image tensors and for streamed FileImages alike."""
+    return torch.cat([a, b]) if torch.is_tensor(a) else a.cat(b)
+
+
 def training_data(data, split, device: torch.device) -> TrainingData:
-    """An ImageData and its label split, on the training device (extra unlabeled images join the pool)."""
+    """An ImageData and its label split, on the training device.
+
+    The images are the training images, then a validation split given as such (split.validation points
+    there, ssl_cli.engine.trainer.choose_split), then extra unlabeled images, which join the unlabeled pool
+    with label -1 (unknown: pseudo-label accuracy counts only images whose label is known).
+    """
     images, labels = data.train_images, data.train_labels
     unlabeled = torch.as_tensor(split.unlabeled)
-    if data.extra_unlabeled is not None:  # e.g. STL-10's unlabeled split joins the unlabeled pool
+    if data.validation_images is not None:
+        images = _cat(images, data.validation_images)
+        labels = torch.cat([labels, data.validation_labels])
+    if data.extra_unlabeled is not None:  # STL-10's unlabeled split, an image folder's unlabeled/
         n = len(labels)
-        images = torch.cat([images, data.extra_unlabeled])
+        images = _cat(images, data.extra_unlabeled)
         labels = torch.cat([labels, torch.full((len(data.extra_unlabeled),), -1, dtype=torch.long)])
         unlabeled = torch.cat([unlabeled, torch.arange(n, n + len(data.extra_unlabeled))])
     return TrainingData(

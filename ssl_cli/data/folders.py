@@ -7,8 +7,9 @@ through here too. Decoding is slow, so decoded arrays are cached on disk (`datas
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import MISSING, option
 from ssl_cli.data.base import DATASETS, DatasetOptions, ImageData, held_out_split, require_root
+from ssl_cli.data.images import RESIZE_POLICIES, load_image, stored_channels
 from ssl_cli.data.stream import FileImages
+
+log = logging.getLogger("ssl_cli")
 
 
 
@@ -62,38 +66,35 @@ def _list_class_folder(split_dir: Path) -> Dict[str, List[Path]]:
     return {c: _list_files(split_dir / c) for c in _class_names(split_dir)}
 
 
-def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional[Tuple[int, int]]) -> Tuple[List[Optional[torch.Tensor]], List[str]]:
-    """Decodes image files to uint8 CHW tensors; returns None in place of each unreadable file."""
-    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional[int],
+                  resize: str) -> Tuple[List[Optional[torch.Tensor]], List[str]]:
+    """Decodes image files to uint8 CHW tensors (ssl_cli.data.images); None in place of each unreadable file."""
     out: List[Optional[torch.Tensor]] = []
     bad: List[str] = []
     for path in files:
         try:
-            with Image.open(path) as img:
-                if mode is not None:
-                    img = img.convert(mode)
-                elif img.mode not in ("L", "RGB"):
-                    img = img.convert("RGB")
-                if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                array = np.asarray(img, dtype=np.uint8)
+            array = load_image(path, size, resize, channels)
         except PermissionError:
             raise UserError(f"cannot read {path}: permission denied") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             bad.append(str(path))
             out.append(None)
             continue
-        tensor = torch.from_numpy(array.copy())
-        out.append(tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous())
+        out.append(torch.from_numpy(array))
     return out, bad
 
 
-def _cache_key(root: Path, files: Sequence[Path], image_size: Optional[Tuple[int, int]], channels) -> str:
+def _cache_key(listing: "Listing", size: Optional[int], channels, resize: str) -> str:
+    """Names a decode: every file (path, size, mtime) with its split and label, and how it is decoded."""
     h = hashlib.sha1()
-    h.update(f"{root.resolve()}|{image_size}|{channels}|v1".encode())
-    for p in files:
+    h.update(f"{listing.root.resolve()}|{size}|{channels}|{resize}|v2".encode())
+    for split, entries in listing.labeled_splits():
+        for p, label in entries:
+            st = p.stat()
+            h.update(f"{split}|{p}|{label}|{st.st_size}|{int(st.st_mtime)}".encode())
+    for p in listing.unlabeled:
         st = p.stat()
-        h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}".encode())
+        h.update(f"unlabeled|{p}|{st.st_size}|{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -101,7 +102,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SSL_CLI_CACHE", Path.home() / ".cache" / "ssl-cli"))
 
 
-IMAGE_FOLDER_LAYOUT = "<root>/train/<class>/<image> (and optionally <root>/test/<class>/<image>)"
+IMAGE_FOLDER_LAYOUT = ("<root>/train/<class>/<image> (optionally <root>/unlabeled/..., <root>/val/<class>/ "
+                       "and <root>/test/<class>/)")
+VALIDATION_FOLDERS = ("val", "validation")
 
 
 def _image_folder_layout(root) -> Tuple[Path, Path, Optional[Path]]:
@@ -132,7 +135,7 @@ def describe_image_folder(root, image_size=None, channels=None) -> Optional[dict
         for f in _list_files_quietly(train_dir / c):
             try:
                 with Image.open(f) as img:
-                    shape = (1 if img.mode == "L" else 3, img.size[1], img.size[0])
+                    shape = (stored_channels(img.mode), img.size[1], img.size[0])
                 break
             except Exception:  # unreadable files are skipped by the loader too
                 continue
@@ -154,7 +157,7 @@ def _list_files_quietly(folder: Path):
 
 @dataclass
 class FolderOptions(DatasetOptions):
-    """Keys of every data set read from an image folder."""
+    """Keys of every data set read from image files."""
 
     cache_dir: Optional[str] = option(None, "decoded image folders are cached here (default ~/.cache/ssl-cli "
                                             "or $SSL_CLI_CACHE)")
@@ -163,12 +166,17 @@ class FolderOptions(DatasetOptions):
 
 
 @dataclass
-class ImageFolderOptions(FolderOptions):
-    root: str = option(MISSING, "the folder: root/train/<class>/<image>, optionally root/test/<class>/<image>")
+class ListedImagesOptions(FolderOptions):
+    """Keys of data sets whose images are the user's own files (dataset=imagefolder, dataset=csv)."""
+
     image_size: Optional[int] = option(None, "resize to this square size (needed if sizes differ); null: as "
                                              "stored", low=1, high=4096)
-    channels: Optional[int] = option(None, "1 or 3 to convert; null: as stored", choices=(None, 1, 3))
-    test_fraction: float = option(0.2, "share held out as the test split when there is no root/test/",
+    resize: str = option("crop", "how images become image_size squares: crop (shorter side to image_size, "
+                                 "then the centre), stretch (squash the whole image) or pad (longer side, "
+                                 "black borders)", choices=RESIZE_POLICIES)
+    channels: Optional[int] = option(None, "1 or 3 to convert; null: grey stays grey, everything else RGB",
+                                     choices=(None, 1, 3))
+    test_fraction: float = option(0.2, "share held out as the test split when no test split is given",
                                   above=0, below=1)
     split_seed: int = option(0, "seed of that held-out split", low=0)
     streaming: bool = option(False, "true: nothing is decoded up front; DataLoader workers decode each "
@@ -176,102 +184,186 @@ class ImageFolderOptions(FolderOptions):
     num_workers: int = option(2, "streaming only: decode worker processes (0: in the training process)", low=0)
 
 
+@dataclass
+class ImageFolderOptions(ListedImagesOptions):
+    root: str = option(MISSING, "the folder: root/train/<class>/<image>; optionally root/unlabeled/ (any "
+                                "depth, no classes), root/val/<class>/ (or validation/), root/test/<class>/")
+
+
+Entries = List[Tuple[Path, int]]  # (file, class index)
+
+
+@dataclass
+class Listing:
+    """Which files make which split, before anything is decoded (a folder tree or a CSV file gives one)."""
+
+    root: Path  # named in messages, and part of the cache key
+    class_names: List[str]
+    train: Entries  # the labeled training images
+    unlabeled: List[Path] = field(default_factory=list)  # no labels at all: they join the unlabeled pool
+    validation: Optional[Entries] = None  # None: split off the training images by dataset.num_validation
+    test: Optional[Entries] = None  # None: a seeded held-out share of the training images
+    sources: Dict[str, str] = field(default_factory=dict)  # split -> where its files came from, for the log
+
+    def labeled_splits(self) -> List[Tuple[str, Entries]]:
+        return [(name, entries) for name, entries in (("train", self.train), ("validation", self.validation),
+                                                      ("test", self.test)) if entries is not None]
+
+
 @DATASETS.register("imagefolder", ImageFolderOptions)
 def load_imagefolder(o: ImageFolderOptions) -> ImageData:
-    """Any folder tree root/train/<class>/<image>."""
-    return load_image_folder(o.root, o, image_size=o.image_size, channels=o.channels, test_fraction=o.test_fraction,
-                             split_seed=o.split_seed, streaming=o.streaming, num_workers=o.num_workers)
+    """Any folder tree root/train/<class>/<image>, with optional unlabeled/, val/ and test/ folders."""
+    return load_listing(list_image_folder(o.root), o, o)
 
 
-def load_image_folder(root: str, o: FolderOptions, image_size: Optional[int] = None, channels: Optional[int] = None,
-                      test_fraction: float = 0.2, split_seed: int = 0, streaming: bool = False,
-                      num_workers: int = 2) -> ImageData:
-    """Any `root/train/<class>/*` tree; `root/test/<class>/*` if present, else a seeded held-out split.
+def load_image_folder(root: str, o: FolderOptions) -> ImageData:
+    """An image-folder copy of a known data set (CIFAR): its own size, as stored; train/ and test/."""
+    return load_listing(list_image_folder(root), o, ListedImagesOptions())
 
-    Images are resized to `image_size` (square) when given, else all must share one size. With
-    `streaming`, nothing is decoded here: the images stay in their files and `num_workers` DataLoader
-    workers decode each step's batch during training (ssl_cli.data.stream).
-    """
-    cache_dir, bad_images = o.cache_dir, o.bad_images
+
+def _labeled_folder(split_dir: Path, class_names: List[str], train_dir: Path) -> Entries:
+    extra = [c for c in _class_names(split_dir) if c not in class_names]
+    if extra:  # checked before any file is listed: a class the training images lack is a layout error
+        raise UserError(f"class folder{'s' if len(extra) > 1 else ''} {', '.join(repr(c) for c in extra[:5])} "
+                        f"{'are' if len(extra) > 1 else 'is'} in {split_dir} but not in {train_dir}; every "
+                        f"class needs training images (classes in train/: {', '.join(class_names[:10])}"
+                        f"{', ...' if len(class_names) > 10 else ''})")
+    files = _list_class_folder(split_dir)
+    return [(f, class_names.index(c)) for c in class_names for f in files.get(c, [])]
+
+
+def list_image_folder(root) -> Listing:
+    """The files of root/train/<class>/, root/unlabeled/ (any depth), root/val/ or validation/, root/test/."""
     path, train_dir, test_dir = _image_folder_layout(root)
-    size = (int(image_size), int(image_size)) if image_size else None
     class_names = _class_names(train_dir)
     if not class_names:
         raise UserError(f"no class folders in {train_dir}; expected {IMAGE_FOLDER_LAYOUT}")
-    if test_dir is not None:  # checked before any file is listed: a test-only class is a layout error
-        extra = [c for c in _class_names(test_dir) if c not in class_names]
-        if extra:
-            raise UserError(f"class folder{'s' if len(extra) > 1 else ''} {', '.join(repr(c) for c in extra[:5])} "
-                            f"{'are' if len(extra) > 1 else 'is'} in {test_dir} but not in {train_dir}; every "
-                            f"class needs training images (classes in train/: {', '.join(class_names[:10])}"
-                            f"{', ...' if len(class_names) > 10 else ''})")
-    splits = {"train": _list_class_folder(train_dir)}
-    if test_dir is not None:
-        splits["test"] = _list_class_folder(test_dir)
-    for c, files in splits["train"].items():
+    val_dirs = [path / v for v in VALIDATION_FOLDERS if (path / v).is_dir()]
+    if len(val_dirs) > 1:
+        raise UserError(f"both {val_dirs[0]} and {val_dirs[1]} exist; keep one as the validation split")
+    listing = Listing(path, class_names, _labeled_folder(train_dir, class_names, train_dir))
+    listing.sources["train"] = f"{train_dir}/"
+    for c, files in _list_class_folder(train_dir).items():
         if not files:
             raise UserError(f"class folder {train_dir / c} holds no images; every class needs training images "
                             f"(add images or remove the folder)")
-    if streaming:
-        return folder_image_data(path, splits, class_names, channels, size, test_fraction, split_seed, num_workers)
-    # Every file is decoded; a file that is not a readable image counts as bad (skipped or an error).
-    all_files = [f for split in splits.values() for files in split.values() for f in files]
+    if (path / "unlabeled").is_dir():
+        listing.unlabeled = _list_files(path / "unlabeled")
+        listing.sources["unlabeled"] = f"{path / 'unlabeled'}/"
+    if val_dirs:
+        listing.validation = _labeled_folder(val_dirs[0], class_names, train_dir)
+        listing.sources["validation"] = f"{val_dirs[0]}/"
+    if test_dir is not None:
+        listing.test = _labeled_folder(test_dir, class_names, train_dir)
+        listing.sources["test"] = f"{test_dir}/"
+    return listing
 
-    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    cache_file = cache_root / f"imagefolder-{_cache_key(path, all_files, size, channels)}.pt"
+
+def _log_sources(listing: Listing, num_validation: int, test_fraction: float) -> None:
+    s = listing.sources
+    parts = [f"labeled training images from {s['train']} ({len(listing.train)} files, "
+             f"{len(listing.class_names)} classes)"]
+    if listing.unlabeled:
+        parts.append(f"unlabeled pool += {s['unlabeled']} ({len(listing.unlabeled)} files)")
+    parts.append(f"validation split from {s['validation']} ({len(listing.validation)} files)"
+                 if listing.validation is not None else
+                 f"validation split: {num_validation} of the training images" if num_validation else
+                 "no validation split")
+    parts.append(f"test split from {s['test']} ({len(listing.test)} files)" if listing.test is not None else
+                 f"test split: {test_fraction:.0%} of the training images held out (no test split given)")
+    log.info("dataset: %s", "; ".join(parts))
+
+
+def load_listing(listing: Listing, o: FolderOptions, decode: ListedImagesOptions) -> ImageData:
+    """The images of `listing` as an ImageData: decoded once and cached, or (decode.streaming) left in their
+    files for DataLoader workers. Images are resized to `decode.image_size` squares by `decode.resize`
+    when given, else all must share one size."""
+    if listing.validation is not None and o.num_validation:
+        raise UserError(f"dataset.num_validation={o.num_validation}, but {listing.sources['validation']} is "
+                        f"already the validation split; set dataset.num_validation=0 or remove that split")
+    counts = np.bincount([label for _, label in listing.train], minlength=len(listing.class_names))
+    if (counts == 0).any():
+        missing = [listing.class_names[c] for c in np.flatnonzero(counts == 0)]
+        raise UserError(f"class{'es' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing[:5])} "
+                        f"{'have' if len(missing) > 1 else 'has'} no labeled image in {listing.sources['train']}; "
+                        f"every class needs at least one")
+    _log_sources(listing, o.num_validation, decode.test_fraction)
+    if decode.streaming:
+        return streamed_image_data(listing, decode)
+    cache_root = Path(o.cache_dir).expanduser() if o.cache_dir else default_cache_dir()
+    cache_file = cache_root / f"images-{_cache_key(listing, decode.image_size, decode.channels, decode.resize)}.pt"
     payload = None
     try:
         payload = torch.load(cache_file, weights_only=True) if cache_file.is_file() else None
     except Exception:  # a damaged or unreadable cache is rebuilt, never trusted
         payload = None
     if payload is None:
-        payload = _decode_splits(path, splits, class_names, channels, size, test_fraction, split_seed)
+        payload = _decode_listing(listing, decode)
         _write_cache(cache_file, payload)
     bad = list(payload["bad_files"])
-    if bad and bad_images == "error":
+    if bad and o.bad_images == "error":
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise UserError(f"{len(bad)} unreadable image file(s) in {path}: {shown} "
+        raise UserError(f"{len(bad)} unreadable image file(s) in {listing.root}: {shown} "
                         f"(fix or remove them, or set dataset.bad_images=skip)")
-    return _image_data_from_cache(payload, class_names)
+    return ImageData("imagefolder", payload["train_images"], payload["train_labels"], payload["test_images"],
+                     payload["test_labels"], list(listing.class_names), extra_unlabeled=payload["unlabeled_images"],
+                     validation_images=payload["validation_images"], validation_labels=payload["validation_labels"],
+                     notes={"bad_files": bad})
 
 
-def _decode_splits(path: Path, splits: Dict[str, Dict[str, List[Path]]], class_names: List[str], channels,
-                   size, test_fraction: float, split_seed: int) -> dict:
-    decoded: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+def _decode_entries(files: Sequence[Path], labels: Sequence[int], d: ListedImagesOptions, where: str,
+                    bad_all: List[str]) -> Tuple[List[torch.Tensor], List[int]]:
+    tensors, bad = _decode_files(files, d.channels, d.image_size, d.resize)
+    bad_all += bad
+    kept = [k for k, t in enumerate(tensors) if t is not None]
+    if not kept:
+        raise UserError(f"no readable images in {where} ({len(bad)} unreadable, e.g. {bad[0]})" if bad else
+                        f"no images in {where}")
+    return [tensors[k] for k in kept], [labels[k] for k in kept]
+
+
+def _stack(images: List[torch.Tensor], labels: List[int], channels: int, where: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Grey images among colour ones (channels=null) become RGB as PIL would make them: the grey repeated.
+    images = [t.expand(channels, -1, -1) if t.shape[0] != channels else t for t in images]
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) > 1:
+        raise UserError(f"images in {where} differ in size ({sorted(shapes)[:3]} ...); set dataset.image_size "
+                        f"to resize them to one square size (by dataset.resize)")
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def _decode_listing(listing: Listing, d: ListedImagesOptions) -> dict:
     bad_all: List[str] = []
-    for split, classes in splits.items():
-        imgs, labels = [], []
-        for c, files in classes.items():
-            tensors, bad = _decode_files(files, channels, size)
-            bad_all += bad
-            good = [t for t in tensors if t is not None]
-            if split == "train" and not good:
-                raise UserError(f"class folder {path / split / c} holds no readable images "
-                                f"({len(bad)} unreadable file(s), e.g. {bad[0]})")
-            imgs += good
-            labels += [class_names.index(c)] * len(good)
-        if not imgs:
-            raise UserError(f"no readable images in {path / split} ({len(bad_all)} unreadable)")
-        shapes = {tuple(t.shape) for t in imgs}
-        if len(shapes) > 1:
-            raise UserError(f"images in {path / split} differ in size or channels ({sorted(shapes)[:3]} ...); "
-                            f"set dataset.image_size and dataset.channels to resize them to one shape")
-        decoded[split] = (torch.stack(imgs), torch.tensor(labels, dtype=torch.int64))
-
+    listed = [(split, [f for f, _ in entries], [c for _, c in entries]) for split, entries in listing.labeled_splits()]
+    if listing.unlabeled:
+        listed.append(("unlabeled", listing.unlabeled, [-1] * len(listing.unlabeled)))
+    raw: Dict[str, Tuple[List[torch.Tensor], List[int]]] = {}
+    for split, files, labels in listed:
+        where = listing.sources.get(split, str(listing.root))
+        raw[split] = _decode_entries(files, labels, d, where, bad_all)
+        if split == "train":  # every class keeps at least one readable labeled image
+            counts = np.bincount(raw[split][1], minlength=len(listing.class_names))
+            for c in np.flatnonzero(counts == 0).tolist():
+                raise UserError(f"class {listing.class_names[c]!r} has no readable labeled image in {where} "
+                                f"(its files are unreadable: see {', '.join(bad_all[:2])})")
+    # channels=null: grey stays grey only if every image is grey
+    channels = d.channels or max(t.shape[0] for images, _ in raw.values() for t in images)
+    decoded = {split: _stack(*raw[split], channels, listing.sources.get(split, str(listing.root))) for split in raw}
+    shape = decoded["train"][0].shape[1:]
+    for split, (x, _) in decoded.items():
+        if x.shape[1:] != shape:
+            raise UserError(f"{split} images in {listing.root} have shape {tuple(x.shape[1:])} but train images "
+                            f"{tuple(shape)}; set dataset.image_size to resize every image to one size")
     if "test" not in decoded:
         x, y = decoded["train"]
-        tr, te = held_out_split(y.numpy(), test_fraction, split_seed)
-        decoded = {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
-    elif decoded["test"][0].shape[1:] != decoded["train"][0].shape[1:]:
-        raise UserError(f"test images in {path} have shape {tuple(decoded['test'][0].shape[1:])} but train images "
-                        f"{tuple(decoded['train'][0].shape[1:])}; set dataset.image_size / dataset.channels")
+        tr, te = held_out_split(y.numpy(), d.test_fraction, d.split_seed)
+        decoded["train"], decoded["test"] = (x[tr], y[tr]), (x[te], y[te])
+    validation = decoded.get("validation", (None, None))
     return {"train_images": decoded["train"][0], "train_labels": decoded["train"][1],
-            "test_images": decoded["test"][0], "test_labels": decoded["test"][1], "bad_files": bad_all}
-
-
-def _image_data_from_cache(payload: dict, class_names: List[str]) -> ImageData:
-    return ImageData("imagefolder", payload["train_images"], payload["train_labels"], payload["test_images"],
-                     payload["test_labels"], class_names, notes={"bad_files": list(payload.get("bad_files", []))})
+            "test_images": decoded["test"][0], "test_labels": decoded["test"][1],
+            "validation_images": validation[0], "validation_labels": validation[1],
+            "unlabeled_images": decoded["unlabeled"][0] if "unlabeled" in decoded else None,
+            "bad_files": bad_all}
 
 
 def _write_cache(cache_file: Path, payload: dict) -> None:
@@ -285,33 +377,34 @@ def _write_cache(cache_file: Path, payload: dict) -> None:
         pass
 
 
-def folder_image_data(path: Path, splits: Dict[str, Dict[str, List[Path]]], class_names: List[str],
-                      channels: Optional[int], size: Optional[Tuple[int, int]], test_fraction: float,
-                      split_seed: int, num_workers: int):
-    """The streaming counterpart of the image-folder loader: an ImageData whose images are FileImages."""
-    listed = {}
-    for split, classes in splits.items():
-        files = [f for c in class_names for f in classes.get(c, [])]
-        labels = [class_names.index(c) for c in class_names for _ in classes.get(c, [])]
-        listed[split] = (np.array([os.fsencode(str(f)) for f in files]), np.array(labels, dtype=np.int64))
+def _file_array(files: Sequence[Path]) -> np.ndarray:
+    return np.array([os.fsencode(str(f)) for f in files])
+
+
+def streamed_image_data(listing: Listing, d: ListedImagesOptions) -> ImageData:
+    """The streaming counterpart of the in-memory loader: an ImageData whose images are FileImages."""
+    listed = {split: (_file_array([f for f, _ in entries]), np.array([c for _, c in entries], dtype=np.int64))
+              for split, entries in listing.labeled_splits()}
     if "test" not in listed:
         files, labels = listed["train"]
-        tr, te = held_out_split(labels, test_fraction, split_seed)
-        listed = {"train": (files[tr], labels[tr]), "test": (files[te], labels[te])}
-    train_files = listed["train"][0]
+        tr, te = held_out_split(labels, d.test_fraction, d.split_seed)
+        listed["train"], listed["test"] = (files[tr], labels[tr]), (files[te], labels[te])
     if len(listed["test"][0]) == 0:
-        raise UserError(f"no test images in {path}: add root/test/<class>/ or raise dataset.test_fraction")
-    first = os.fsdecode(train_files[0])
-    try:
-        with Image.open(first) as img:  # reads the header only
-            mode, (width, height) = img.mode, img.size
+        raise UserError(f"no test images in {listing.root}: add a test split or raise dataset.test_fraction")
+    first = os.fsdecode(listed["train"][0][0])
+    try:  # the shape every image must have (or is resized to): the first training image's, decoded
+        ch, height, width = load_image(first, d.image_size, d.resize, d.channels).shape
     except Exception:
         raise UserError(f"cannot read {first}, the first training image (streaming takes the image shape "
-                        f"from it; set dataset.image_size and dataset.channels, or remove the file)") from None
-    ch = int(channels) if channels else (1 if mode == "L" else 3)  # as the in-memory path: L stays grey
-    shape = tuple(size) if size else (height, width)
-    make = lambda files: FileImages(files, ch, shape, resize=size is not None, num_workers=num_workers,  # noqa: E731
-                                    root=str(path))
-    return ImageData("imagefolder", make(train_files), torch.as_tensor(listed["train"][1]),
-                     make(listed["test"][0]), torch.as_tensor(listed["test"][1]), class_names,
+                        f"from it; remove the file, or set dataset.streaming=false, which skips unreadable "
+                        f"files)") from None
+    size = d.image_size
+    make = lambda files: FileImages(files, ch, (height, width), resize=size is not None,  # noqa: E731
+                                    num_workers=d.num_workers, root=str(listing.root), policy=d.resize)
+    validation = listed.get("validation")
+    return ImageData("imagefolder", make(listed["train"][0]), torch.as_tensor(listed["train"][1]),
+                     make(listed["test"][0]), torch.as_tensor(listed["test"][1]), list(listing.class_names),
+                     extra_unlabeled=make(_file_array(listing.unlabeled)) if listing.unlabeled else None,
+                     validation_images=make(validation[0]) if validation else None,
+                     validation_labels=torch.as_tensor(validation[1]) if validation else None,
                      notes={"streaming": True, "bad_files": []})

@@ -9,7 +9,7 @@ STATS_IMAGES training images.
 Training. `BatchBuilder` binds the training `FileImages` to its step schedule (`bind`). A DataLoader whose
 sampler yields, from the current step on, the indices the builder will ask for at each step (computed on
 the CPU with the same StepSampler seeds) lets `num_workers` processes decode them ahead of time
-(torchvision.io.decode_image, resized to `dataset.image_size` when set) into one uint8 [B, C, H, W]
+(ssl_cli.data.images.load_image, resized to `dataset.image_size` by `dataset.resize` when set) into one uint8 [B, C, H, W]
 tensor per step. `gather(indices, step)` hands it over (pinned, copied without a sync on CUDA);
 augmentation then runs batched on the training device as in memory. A batch is still a pure function of
 (seed, stream, step): a resumed run restarts the loader at its step and draws the same images.
@@ -18,11 +18,9 @@ Evaluation. Test images (and the validation or labeled images an evaluation embe
 a `FileImages` with indices selects images lazily, slicing decodes them, and consecutive slices
 (`x[0:b]`, `x[b:2b]`, ...) are read ahead by workers.
 
-Pixels equal the in-memory path's for lossless formats (PNG); JPEG decoders and resizing (torchvision's
-antialiased bilinear vs PIL's) may differ by a grey level here and there. Files are not checked in
-advance: an unreadable file stops the run with its name (the in-memory path can skip those instead).
-torchvision 0.29 deprecates its image decoders in favour of TorchCodec; `decode_file` is the one place
-that decodes, should they go.
+Pixels equal the in-memory path's: both decode with ssl_cli.data.images.load_image. Files are not
+checked in advance: an unreadable file stops the run with its name (the in-memory path can skip those
+instead).
 """
 
 from __future__ import annotations
@@ -35,13 +33,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2.functional import resize as tv_resize
-from torchvision.transforms.v2.functional import to_dtype
 
 from ssl_cli.core.errors import UserError
+from ssl_cli.data.images import load_image
 from ssl_cli.data.sampling import StepSampler
 
 STATS_IMAGES = 2048  # training images sampled for the per-channel mean and std
@@ -54,36 +49,20 @@ class _WrongSize(Exception):
         self.shape = shape
 
 
-def _decode_with_pil(path: str, channels: int) -> torch.Tensor:
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    t = torch.from_numpy(array.copy())
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
-
-
-def decode_file(path: str, channels: int, size: Tuple[int, int], resize: bool) -> torch.Tensor:
-    """One image file -> uint8 [channels, H, W]: resized to `size` when `resize`, else it must be that size.
-
-    torchvision.io decodes JPEG, PNG, GIF and WebP; other formats PIL reads are decoded with PIL.
-    """
-    try:
-        img = decode_image(path, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-    except Exception:  # a format torchvision cannot decode (BMP, TIFF, ...): PIL, which raises if unreadable
-        img = _decode_with_pil(path, channels)
-    if img.dtype != torch.uint8:  # 16-bit PNG
-        img = to_dtype(img, torch.uint8, scale=True)
+def decode_file(path: str, channels: int, size: Tuple[int, int], resize: bool, policy: str = "crop") -> torch.Tensor:
+    """One image file -> uint8 [channels, H, W]: resized to `size` (square) by `policy` when `resize`, else it
+    must be that size. ssl_cli.data.images decodes, as on the in-memory path: the same pixels either way."""
+    img = torch.from_numpy(load_image(path, size[0] if resize else None, policy, channels))
     if tuple(img.shape[-2:]) != tuple(size):
-        if not resize:
-            raise _WrongSize(tuple(img.shape[-2:]))
-        img = tv_resize(img, list(size), antialias=True)
+        raise _WrongSize(tuple(img.shape[-2:]))
     return img
 
 
 class _Decoder(Dataset):
     """Worker side: item (tag, [file positions]) -> (tag, uint8 [n, C, H, W], unreadable files, wrong size)."""
 
-    def __init__(self, files: np.ndarray, channels: int, size: Tuple[int, int], resize: bool):
-        self.files, self.channels, self.size, self.resize = files, channels, tuple(size), resize
+    def __init__(self, files: np.ndarray, channels: int, size: Tuple[int, int], resize: bool, policy: str):
+        self.files, self.channels, self.size, self.resize, self.policy = files, channels, tuple(size), resize, policy
 
     def __len__(self) -> int:
         return len(self.files)
@@ -96,7 +75,7 @@ class _Decoder(Dataset):
         for k, i in enumerate(positions):
             path = os.fsdecode(self.files[i])
             try:
-                out[k] = decode_file(path, self.channels, self.size, self.resize)
+                out[k] = decode_file(path, self.channels, self.size, self.resize, self.policy)
             except _WrongSize as e:
                 wrong = wrong or (path, e.shape)
             except Exception:
@@ -173,13 +152,14 @@ class FileImages:
     ndim = 4
 
     def __init__(self, files: np.ndarray, channels: int, size: Tuple[int, int], resize: bool, num_workers: int,
-                 device=None, index: Optional[np.ndarray] = None, root: str = ""):
+                 device=None, index: Optional[np.ndarray] = None, root: str = "", policy: str = "crop"):
         self.files = files  # bytes paths (numpy 'S'): no per-object refcounts for forked workers to copy
         self.channels, self.size, self.resize = int(channels), (int(size[0]), int(size[1])), bool(resize)
+        self.policy = policy  # how a file of another size becomes `size` (ssl_cli.data.images.resize_square)
         self.num_workers, self.root = int(num_workers), root
         self.device = torch.device(device if device is not None else "cpu")
         self.index = index  # positions into `files`; None: all files, in order
-        self._decoder = _Decoder(files, self.channels, self.size, self.resize)
+        self._decoder = _Decoder(files, self.channels, self.size, self.resize, policy)
         self._reader: Optional["_ReadAhead"] = None
         self._schedule: Optional[_Schedule] = None  # the bound builder's schedule
         self._steps: Optional[Iterator] = None
@@ -197,7 +177,8 @@ class FileImages:
 
     def _copy(self, **changes) -> "FileImages":
         args = dict(files=self.files, channels=self.channels, size=self.size, resize=self.resize,
-                    num_workers=self.num_workers, device=self.device, index=self.index, root=self.root)
+                    num_workers=self.num_workers, device=self.device, index=self.index, root=self.root,
+                    policy=self.policy)
         args.update(changes)
         return FileImages(**args)
 
@@ -209,6 +190,14 @@ class FileImages:
 
     def cpu(self) -> "FileImages":
         return self.to("cpu")
+
+    def cat(self, other: "FileImages") -> "FileImages":
+        """These images followed by `other`'s (as torch.cat): e.g. the training images, then unlabeled ones."""
+        if (other.channels, other.size) != (self.channels, self.size):
+            raise ValueError(f"cannot join images of shape {other.shape[1:]} to {self.shape[1:]}")
+        mine = self.positions(np.arange(len(self)))
+        theirs = other.positions(np.arange(len(other))) + len(self.files)
+        return self._copy(files=np.concatenate([self.files, other.files]), index=np.concatenate([mine, theirs]))
 
     def positions(self, local) -> np.ndarray:
         """Positions into `files` of the images at `local` (indices into this selection)."""

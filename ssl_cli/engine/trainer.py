@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 from ssl_cli.core.errors import UserError
@@ -71,11 +72,14 @@ class RunningMetrics:
             self.counts[k] = self.counts.get(k, 0) + den
 
     def compute(self) -> Dict[str, float]:
+        """The averages; a metric that counted nothing is left out (pseudo-label accuracy when every
+        confident pseudo-label was on an image whose label is unknown, as in an image folder's unlabeled/)."""
         out = {}
         for k, s in self.sums.items():
             c = self.counts[k]
             c = c.item() if torch.is_tensor(c) else c
-            out[k] = s.item() / c if c else float("nan")
+            if c:
+                out[k] = s.item() / c
         return out
 
     def reset(self) -> None:
@@ -149,17 +153,25 @@ def pick_device(name: str) -> torch.device:
 
 
 def choose_split(run: RunConfig, data, run_dir: Path) -> Split:
+    """The label split of the training images. A validation split given as such (an image folder's val/)
+    follows the training images (ssl_cli.data.batches.training_data); split.validation points there."""
     labels = data.train_labels.numpy()
+    given = None if data.validation_labels is None else data.validation_labels.numpy()
+    num_images = len(labels) + (0 if given is None else len(given))
     d = run.dataset
     if d.labeled_indices:
-        split = load_split(d.labeled_indices, data.name, len(labels), data.num_classes, labels)
-    elif d.labeled_selection != "random":
-        split = selected_split(run, data)
+        every_label = labels if given is None else np.concatenate([labels, given])
+        split = load_split(d.labeled_indices, data.name, num_images, data.num_classes, every_label)
     else:
-        split = make_split(labels, data.num_classes, run.seed, num_labels=d.num_labels,
-                           label_fraction=d.label_fraction, num_validation=d.num_validation,
-                           unlabeled_includes_labeled=d.unlabeled_includes_labeled)
-    save_split(split, run_dir / SPLIT_FILE, data.name, len(labels))
+        if d.labeled_selection != "random":
+            split = selected_split(run, data)
+        else:
+            split = make_split(labels, data.num_classes, run.seed, num_labels=d.num_labels,
+                               label_fraction=d.label_fraction, num_validation=d.num_validation,
+                               unlabeled_includes_labeled=d.unlabeled_includes_labeled)
+        if given is not None:
+            split = replace(split, validation=np.arange(len(labels), num_images, dtype=np.int64))
+    save_split(split, run_dir / SPLIT_FILE, data.name, num_images)
     return split
 
 
