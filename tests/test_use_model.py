@@ -102,6 +102,15 @@ def test_export_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, cap
         assert probs.shape == (n, len(CLASSES))
         assert np.abs(probs - model.probabilities(images[:n]).numpy()).max() < 1e-4
 
+    # ssl-predict takes the exported file too (onnxruntime) and predicts what the run's model predicts.
+    capsys.readouterr()
+    for source, name in ((out, "onnx.csv"), (run, "torch.csv")):
+        assert predict_app.main([str(source), str(folder / "test"), "--output", str(tmp_path / name)]) == 0
+    onnx_rows = list(csv.DictReader((tmp_path / "onnx.csv").open()))
+    torch_rows = list(csv.DictReader((tmp_path / "torch.csv").open()))
+    assert [(r["path"], r["prediction"]) for r in onnx_rows] == [(r["path"], r["prediction"]) for r in torch_rows]
+    assert max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in zip(onnx_rows, torch_rows)) < 1e-4
+
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -221,3 +221,37 @@ def torchscript_probabilities(path: Path, images_uint8: torch.Tensor) -> torch.T
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu")(images_uint8.cpu()).float()
+
+
+class OnnxRuntimeModel:
+    """An exported model (model.onnx and its model.onnx.json sidecar) run by onnxruntime on the CPU.
+
+    It has what ssl-predict and ssl-evaluate use of a TrainedModel (class names, input shape,
+    `probabilities(uint8 images)`), so both commands take an exported .onnx file as well as a run."""
+
+    def __init__(self, path, num_threads: Optional[int] = None):
+        ort = require_module("onnxruntime", "export", "running an .onnx model")
+        self.source = Path(path)
+        sidecar = self.source.with_name(self.source.name + ".json")
+        if not self.source.is_file():
+            raise UserError(f"{path}: no such file; give a run directory, a checkpoint or an exported .onnx file")
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path}: its sidecar {sidecar} (class names, input size; written by ssl-export) is "
+                            f"missing or not JSON") from None
+        self.card = meta
+        self.class_names: List[str] = list(meta["class_names"])
+        self.channels: int = int(meta["input"]["channels"])
+        self.image_size: Tuple[int, int] = tuple(meta["input"]["image_size"])
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(str(self.source), options, providers=["CPUExecutionProvider"])
+
+    def probabilities(self, images_uint8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images_uint8), batch_size):
+            batch = images_uint8[start:start + batch_size].cpu().numpy()
+            out.append(torch.from_numpy(self.session.run(["probabilities"], {"images": batch})[0]))
+        return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
