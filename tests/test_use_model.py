@@ -233,3 +233,23 @@ def test_expected_calibration_error_on_known_bins():
     assert result["ece"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.45)
     assert [b["count"] for b in result["bins"]] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
     assert calibration(torch.tensor([1.0, 0.0]), torch.tensor([True, False]), bins=15)["ece"] == 0.0
+
+
+@pytest.mark.slow
+def test_predict_benchmark_script_on_a_tiny_folder(trained, tmp_path):
+    """The timing script the lead runs on CIFAR-10, here on the tiny run: it must report both runtimes,
+    their agreement, and that ssl-predict's accuracy is the run's."""
+    import importlib.util
+
+    folder, run = trained
+    spec = importlib.util.spec_from_file_location("predict_benchmark", Path(__file__).parents[1] / "scripts" /
+                                                  "predict_benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.main(["--root", str(folder), "--run", str(run), "--out", str(tmp_path), "--repeats", "1",
+                           "--num-threads", "1", "--markdown", str(tmp_path / "table.md")])
+    assert [r["runtime"] for r in results["runtimes"]] == ["PyTorch", "onnxruntime"]
+    assert results["images"] == 4 * len(CLASSES) and results["max_abs_diff"] < 1e-4
+    assert results["predict_accuracy_equals_run"] is True
+    assert results["runtimes"][0]["accuracy"] == results["runtimes"][1]["accuracy"]
+    assert "| onnxruntime |" in (tmp_path / "table.md").read_text()
