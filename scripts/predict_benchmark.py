@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ssl_cli.apps import export as export_app
 from ssl_cli.core.tables import markdown_table
 from ssl_cli.data.files import decode_images, list_class_folders
 from ssl_cli.engine.inference import OnnxRuntimeModel, labeled_files, predict_files, run_summary
@@ -87,8 +88,9 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.num_threads)
     run = args.run or train(args)
     onnx_path = args.out / "model.onnx"
-    subprocess.run([console_script("ssl-export"), str(run), "--format", "onnx", "--output", str(onnx_path),
-                    "--overwrite", "--device", "cpu", "--check-images", str(args.root / "test")], check=True)
+    if export_app.main([str(run), "--format", "onnx", "--output", str(onnx_path), "--overwrite", "--device", "cpu",
+                        "--check-images", str(args.root / "test")]) != 0:
+        raise SystemExit("ssl-export failed")
 
     model = load_model(run, device="cpu")
     runtimes = {"PyTorch": model, "onnxruntime": OnnxRuntimeModel(onnx_path, args.num_threads)}

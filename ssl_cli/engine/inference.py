@@ -41,7 +41,7 @@ def pick_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def file_progress(total: int, label: str, enabled: Optional[bool] = None):
+def file_progress(total: int, label: str, enabled: Optional[bool] = None, console: Optional[Console] = None):
     """A rich progress bar over `total` files on a terminal (stderr), nothing otherwise. Yields advance(n)."""
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -49,7 +49,7 @@ def file_progress(total: int, label: str, enabled: Optional[bool] = None):
         yield lambda n: None
         return
     progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                        TimeRemainingColumn(), console=console or Console(stderr=True), transient=True)
     task = progress.add_task(label, total=total)
     with progress:
         yield lambda n: progress.advance(task, n)
