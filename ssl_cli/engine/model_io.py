@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ssl_cli.core.errors import UserError
+from ssl_cli.data.files import decode_image
 from ssl_cli.engine.checkpoint import WRITTEN_BY, find_checkpoint, load_checkpoint
 from ssl_cli.engine.outputs import LAST
 from ssl_cli.models import BACKBONES, build_backbone
@@ -52,17 +52,9 @@ class TrainedModel(torch.nn.Module):
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """One image (a path or a PIL image) as the model's uint8 input [C, H, W]."""
-        if not isinstance(image, Image.Image):
-            with Image.open(image) as img:
-                return self.preprocess(img.copy())
-        img = image.convert("L" if self.channels == 1 else "RGB")
-        h, w = self.image_size
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
-        t = torch.from_numpy(array.copy())
-        return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        """One image (a path or a PIL image) as the model's uint8 input [C, H, W]: EXIF orientation,
+        the model's channels, shorter side to the input size, centre crop (ssl_cli.data.files)."""
+        return decode_image(image, self.channels, self.image_size)
 
     def forward(self, images: Sequence[ImageLike]) -> Tuple[List[str], torch.Tensor]:
         """Predicted class names and class probabilities [N, classes] of a list of PIL images or paths."""
