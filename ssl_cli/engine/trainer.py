@@ -154,7 +154,10 @@ def choose_split(run: RunConfig, data, run_dir: Path) -> Split:
     if d.labeled_indices:
         split = load_split(d.labeled_indices, data.name, len(labels), data.num_classes, labels)
     elif d.labeled_selection != "random":
-        split = selected_split(run, data)
+        saved = run_dir / SPLIT_FILE
+        # a resumed run keeps the images it chose (choosing again could differ in the last float bit)
+        split = load_split(str(saved), data.name, len(labels), data.num_classes, labels) \
+            if run.resume and saved.is_file() else selected_split(run, data)
     else:
         split = make_split(labels, data.num_classes, run.seed, num_labels=d.num_labels,
                            label_fraction=d.label_fraction, num_validation=d.num_validation,
