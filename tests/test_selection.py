@@ -291,3 +291,21 @@ def test_the_cifar10_selection_script_on_tiny_data(tmp_path):
     table = [line for line in result.stdout.splitlines() if line.startswith("| 4 |")]
     assert [line.split("|")[2].strip() for line in table] == ["random", "typiclust", "probcover"]
     assert (tmp_path / "out" / "sweep" / "report.md").is_file()
+
+
+def test_a_resumed_selected_run_keeps_its_labeled_images(feature_run, tmp_path):
+    args = [*TINY, "dataset.labeled_selection=typiclust", f"dataset.selection_features={feature_run}"]
+    code, _, err = run_cli([*args, "trainer.stop_at_step=1", "hydra.run.dir=r"], tmp_path)
+    assert code == 0, err[-2000:]
+    split_file = tmp_path / "r" / "labeled_indices.json"
+    before = json.loads(split_file.read_text())
+    code, _, err = run_cli(["resume=r"], tmp_path)
+    assert code == 0, err[-2000:]
+    assert json.loads(split_file.read_text()) == before
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_ssl_select_writes_beside_the_checkpoint_by_default(feature_run, capsys):
+    code, out = ssl_select([feature_run / "last.pt", "--budget", 2, "--strategy", "kcenter"], capsys)
+    assert code == 0, out.err
+    assert (feature_run / "selection_kcenter_2" / "to_label.csv").is_file()

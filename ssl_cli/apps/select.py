@@ -4,7 +4,8 @@
 
 The pool is a folder of images (searched recursively), a CSV with a `path` column (paths relative to
 the CSV's folder), or, without --pool, the run's own unlabeled training images (its labeled images
-count as labeled already). Writes into --out (default: <RUN>/selection_<strategy>_<budget>/):
+count as labeled already). Writes into --out (default: selection_<strategy>_<budget>/ beside the
+run's checkpoint):
 
 - to_label.csv: rank, the image (path, or index into the run's training set), the model's current
   guess and its confidence, and the cluster it was chosen from (typiclust; blank otherwise);
@@ -132,7 +133,7 @@ def run_select(args: argparse.Namespace) -> Path:
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1, got {args.budget}")
     model = feature_model(args.run)
-    out = args.out or Path(args.run) / f"selection_{args.strategy}_{args.budget}"
+    out = args.out or model.source.parent / f"selection_{args.strategy}_{args.budget}"
     if out.exists():
         raise UserError(f"--out {out} exists already; give another folder (nothing is overwritten)")
     if args.pool is None:

@@ -159,11 +159,15 @@ def choose_split(run: RunConfig, data, run_dir: Path) -> Split:
     given = None if data.validation_labels is None else data.validation_labels.numpy()
     num_images = len(labels) + (0 if given is None else len(given))
     d = run.dataset
+    every_label = labels if given is None else np.concatenate([labels, given])
     if d.labeled_indices:
-        every_label = labels if given is None else np.concatenate([labels, given])
         split = load_split(d.labeled_indices, data.name, num_images, data.num_classes, every_label)
     else:
-        if d.labeled_selection != "random":
+        saved = run_dir / SPLIT_FILE
+        if d.labeled_selection != "random" and run.resume and saved.is_file():
+            # a resumed run keeps the images it chose (choosing again could differ in the last float bit)
+            split = load_split(str(saved), data.name, num_images, data.num_classes, every_label)
+        elif d.labeled_selection != "random":
             split = selected_split(run, data)
         else:
             split = make_split(labels, data.num_classes, run.seed, num_labels=d.num_labels,

@@ -45,13 +45,14 @@ def purity_delta(features: np.ndarray, pseudo_labels: np.ndarray, purity: float 
 
 
 def ball_graph(features: np.ndarray, delta: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Edges (centre, covered) of the delta-ball graph: dist(centre, covered) < delta."""
+    """Edges (centre, covered) of the delta-ball graph: dist(centre, covered) < delta (int32: the graph of a
+    large pool can hold hundreds of millions of edges)."""
     x = torch.from_numpy(l2_normalize(features))
     centres, covered = [], []
     for start, d in distance_chunks(x):
         rows, cols = torch.nonzero(d < delta, as_tuple=True)
-        centres.append(rows + start)
-        covered.append(cols)
+        centres.append((rows + start).int())
+        covered.append(cols.int())
     return torch.cat(centres), torch.cat(covered)
 
 
@@ -82,7 +83,7 @@ def select_probcover(features, budget, already, seed, probabilities=None, num_cl
     for _ in range(budget):
         keep = ~is_covered[covered]  # edges that still cover something new
         centres, covered = centres[keep], covered[keep]
-        gain = torch.bincount(centres, minlength=n).masked_fill(taken, -1)
+        gain = torch.bincount(centres.long(), minlength=n).masked_fill(taken, -1)
         if int(gain.max()) > 0:
             chosen = int(gain.argmax())
             is_covered[covered[centres == chosen]] = True
