@@ -92,10 +92,15 @@ class ImageData:
         return int(self.train_images.shape[2]), int(self.train_images.shape[3])
 
     def channel_stats(self) -> Tuple[List[float], List[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
+        """Per-channel mean and std of the training images, labeled or not, in [0, 1] units.
+
+        Extra unlabeled images count too: an image folder with 40 labeled images in train/ and the rest in
+        unlabeled/ is normalised as the same images with hidden labels are."""
+        extra = self.extra_unlabeled
         if not isinstance(self.train_images, torch.Tensor):  # streamed from files: a sample
-            return self.train_images.channel_stats()
-        x = self.train_images[:20000].float().div_(255)
+            return (self.train_images if extra is None else self.train_images.cat(extra)).channel_stats()
+        x = self.train_images[:20000] if extra is None else torch.cat([self.train_images[:20000], extra[:20000]])
+        x = x.float().div_(255)
         mean = x.mean(dim=(0, 2, 3))
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return mean.tolist(), std.tolist()
