@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import trainer_for
+from ssl_cli.apps import bench
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine import precision
 from ssl_cli.engine.checkpoint import load_checkpoint
@@ -158,3 +159,29 @@ def test_compiled_bf16_training_on_the_cpu(tmp_path):
     """trainer.compile=true on the CPU: inductor's C++ backend (needs a C++ compiler) under bf16 autocast."""
     summary = trainer_for(SMOKE + ["trainer.compile=true", "trainer.precision=bf16"], tmp_path).fit()
     assert summary["status"] == "completed" and summary["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_bench_times_fp32_and_bf16_alternated_in_one_run(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--backbone", "cnn", "--device", "cpu", "--batch-size", "4", "--unlabeled-ratio", "2",
+                       "--repeats", "2", "--warmup", "1", "--eval-images", "16", "--eval-batch-size", "8",
+                       "--peak-tflops", "1", "--train-images", "64", "--threads", "1",
+                       "--precision", "fp32,bf16", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["precisions"] == ["fp32", "bf16"] and r["precision"] == "fp32"
+    for name in ("fp32", "bf16"):
+        run = r["by_precision"][name]
+        assert run["precision"] == name and f"trainer.precision={name}" in run["overrides"]
+        assert run["phases"]["step"]["repeats"] == 2 and run["phases"]["eval"]["median_s"] > 0
+    assert set(r["speedup_over_fp32"]["bf16"]) == {"compute", "step", "eval"}
+    cap = r["machine"]["cpu_capability"]
+    assert cap["capability"] == torch.backends.cpu.get_cpu_capability() and "avx512_bf16" in cap
+    assert r["machine"]["cpu_native_bf16"] == precision.cpu_supports_bf16()
+
+
+def test_bench_refuses_an_unknown_precision(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--precision", "fp32,fp16"])
+    assert exit_info.value.code == 2 and "each precision must be one of auto, fp32, bf16" in capsys.readouterr().err
+    assert bench.parse_args(["--precision", "fp32,bf16"]).precision == ["fp32", "bf16"]
