@@ -196,7 +196,7 @@ VALID: List[Case] = [
     Case("trainer.knn_k", ints(1, 300)),
     Case("trainer.knn_temperature", floats(0.01, 1.0)),
     Case("trainer.device", one_of("cpu", "auto")),
-    Case("trainer.precision", one_of("auto", "fp32")),
+    Case("trainer.precision", one_of("auto", "fp32", "bf16")),  # bf16 runs on any CPU (emulated where not native)
     Case("trainer.num_threads", one_of("null", "1", "2")),
     Case("trainer.compile", one_of("false")),  # true is valid but compiles for minutes on a CPU
     Case("trainer.compile_mode", one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),

@@ -16,7 +16,9 @@ synthetic 32x32x3 images in memory (or an image folder, streamed or in memory) a
 
 Each phase runs --warmup times untimed, then --repeats timed runs (each of --steps-per-repeat calls,
 synchronised with the device at its ends only); (a) and (b) alternate, so a change in machine load
-hits both. Reported: median, min, max, interquartile range, images per second (images through the
+hits both. With several precisions (--precision fp32,bf16) one runner per precision is built and
+(a) and (b) of all of them alternate in the same loop, so the comparison sees the same machine load;
+the other phases follow per precision. Reported: median, min, max, interquartile range, images per second (images through the
 model per step: labeled + every unlabeled view), the FLOP rate from torch.utils.flop_counter's count
 of one step against the machine's peak (--peak-tflops, or measured with a large matmul at start), and
 the ratios (b)/(a) in images per second and (c)/(b) in time. JSON with --json PATH.
@@ -24,6 +26,7 @@ the ratios (b)/(a) in images per second and (c)/(b) in time. JSON with --json PA
     ssl-bench --backbone wrn28_2 --device cpu --json bench/wrn28_2_cpu.json
     ssl-bench --backbone cnn --device cpu
     ssl-bench --backbone cnn --device cpu --dataset imagefolder --root ../shared/data/cifar10
+    ssl-bench --backbone wrn28_2 --device cpu --precision fp32,bf16 --json bench/wrn28_2_cpu_bf16.json
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from ssl_cli.core.tables import markdown_table
 from ssl_cli.engine.config import check_config, compose
 from ssl_cli.engine.model_io import load_model
 from ssl_cli.engine.outputs import LAST
+from ssl_cli.engine.precision import PRECISIONS, cpu_capability, cpu_supports_bf16, resolve_precision
 from ssl_cli.engine.trainer import Trainer
 from ssl_cli.methods import METHODS
 
@@ -72,8 +76,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--unlabeled-ratio", type=int, default=7,
                    help="unlabeled images per labeled image (default 7: 64 + 448, two views each)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    p.add_argument("--precision", default="auto", type=precision_list, metavar="P[,P]",
+                   help="auto | fp32 | bf16, or a comma list (fp32,bf16) timed side by side, alternated; auto: "
+                        "bf16 autocast on CUDA and on CPUs with AMX-BF16 or AVX-512 BF16, else fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default on)")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
@@ -106,6 +111,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 when a must-show target (docs/benchmarks.md) is missed")
     return p.parse_args(argv)
+
+
+def precision_list(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in PRECISIONS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: each precision must be one of {', '.join(PRECISIONS)}")
+    return names
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +173,8 @@ def describe_machine(device: torch.device) -> dict:
         "torchvision": torchvision.__version__,
         "os": platform.platform(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_capability": cpu_capability(),
+        "cpu_native_bf16": cpu_supports_bf16(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -198,11 +213,11 @@ def _sync(device: torch.device) -> Callable[[], None]:
 # --------------------------------------------------------------------------- the runner under test
 
 
-def overrides(a: argparse.Namespace, device: torch.device) -> List[str]:
+def overrides(a: argparse.Namespace, device: torch.device, precision: str) -> List[str]:
     out = ["dataset=synthetic" if a.dataset == "synthetic" else "dataset=imagefolder",
            f"backbone={a.backbone}", f"method={a.method}", f"seed={a.seed}",
            f"trainer.device={device.type}", f"trainer.batch_size={a.batch_size}",
-           f"trainer.precision={a.precision}", f"trainer.channels_last={str(a.channels_last).lower()}",
+           f"trainer.precision={precision}", f"trainer.channels_last={str(a.channels_last).lower()}",
            f"trainer.compile={'true' if a.compile else 'false'}", "trainer.progress_bar=false",
            f"trainer.reuse_cpu_memory={str(a.reuse_cpu_memory).lower()}",
            f"trainer.eval_batch_size={a.eval_batch_size}", "trainer.max_steps=1048576"]
@@ -224,8 +239,8 @@ def overrides(a: argparse.Namespace, device: torch.device) -> List[str]:
     return out
 
 
-def build_trainer(a: argparse.Namespace, device: torch.device, run_dir: Path):
-    ov = overrides(a, device)
+def build_trainer(a: argparse.Namespace, device: torch.device, run_dir: Path, precision: str):
+    ov = overrides(a, device, precision)
     if "unlabeled_ratio" in METHODS.options(a.method).__dataclass_fields__:
         ov.append(f"method.unlabeled_ratio={a.unlabeled_ratio}")
     return Trainer(check_config(compose(ov)), run_dir, {}), ov
@@ -309,55 +324,89 @@ def run_benchmark(a: argparse.Namespace) -> dict:
     logging.getLogger("ssl_cli").setLevel(logging.WARNING)
     machine = describe_machine(device)
     sync = _sync(device)
-    bf16 = a.precision == "bf16" or (a.precision == "auto" and device.type == "cuda")
-    if a.peak_tflops:
-        peak, peak_source = a.peak_tflops, "given (--peak-tflops)"
-    else:
-        peak, peak_source = measure_peak(device, bf16)
+    # What each requested precision runs as here (auto resolved); a repeat (auto,fp32 on fp32) runs once.
+    precisions = list(dict.fromkeys(resolve_precision(p, device) for p in a.precision))
+    peaks = {}
+    for precision in precisions:
+        peaks[precision] = ((a.peak_tflops, "given (--peak-tflops)") if a.peak_tflops
+                            else measure_peak(device, precision == "bf16"))
 
     with tempfile.TemporaryDirectory(prefix="ssl-bench-") as tmp:
-        trainer, ov = build_trainer(a, device, Path(tmp))
+        trainers = {}
         try:
-            results = _phases(a, trainer, device, sync, peak, Path(tmp))
+            for precision in precisions:
+                (Path(tmp) / precision).mkdir()
+                trainers[precision] = build_trainer(a, device, Path(tmp) / precision, precision)
+            runs = _phases(a, {p: t for p, (t, _) in trainers.items()}, device, sync, peaks, Path(tmp))
         finally:
-            images = trainer.data.images
-            if hasattr(images, "close"):
-                images.close()
-    results.update(machine=machine, peak_tflops=peak, peak_source=peak_source, overrides=ov,
-                   args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()})
+            for trainer, _ in trainers.values():
+                images = trainer.data.images
+                if hasattr(images, "close"):
+                    images.close()
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    for precision, r in runs.items():
+        r.update(peak_tflops=peaks[precision][0], peak_source=peaks[precision][1],
+                 overrides=trainers[precision][1])
+    # The first precision's figures at the top level (as with one precision), every one under by_precision.
+    results = {**runs[precisions[0]], "machine": machine, "args": args, "precisions": precisions,
+               "by_precision": runs}
+    if len(precisions) > 1:
+        base = runs[precisions[0]]["phases"]
+        results["speedup_over_" + precisions[0]] = {
+            p: {phase: base[phase]["median_s"] / r["phases"][phase]["median_s"] for phase in ("compute", "step", "eval")}
+            for p, r in runs.items() if p != precisions[0]}
     return results
 
 
-def _phases(a, trainer, device, sync, peak, tmp: Path) -> dict:
-    model, method, optimizer = trainer.model, trainer.method, trainer.optimizer
-    builder, data = trainer.batches, trainer.data
-    model.train()
-    method.train()
-    batch = builder(0)  # (a) trains on this batch: ready, normalised tensors on the device
-    images = batch_images(batch)
-    step_flops, eval_flops = count_flops(trainer, batch)
-    trainer.step = 1
+class _Timed:
+    """One runner's (a) compute-only and (b) full-step calls, on a batch built once."""
 
-    def compute():
-        with trainer.autocast():
-            out = method.training_step(model, batch, 0)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, trainer):
+        self.trainer = trainer
+        trainer.model.train()
+        trainer.method.train()
+        self.batch = trainer.batches(0)  # (a) trains on this batch: ready, normalised tensors on the device
+        self.images = batch_images(self.batch)
+        self.step_flops, self.eval_flops = count_flops(trainer, self.batch)
+        trainer.step = 1
+        self.compute_times: List[float] = []
+        self.step_times: List[float] = []
+
+    def compute(self):
+        t = self.trainer
+        with t.autocast():
+            out = t.method.training_step(t.model, self.batch, 0)
+        t.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
+        t.optimizer.step()
 
-    def full_step():
-        metrics = trainer.train_step(trainer.step)
-        trainer.running.add(metrics)
-        trainer.step += 1
+    def full_step(self):
+        t = self.trainer
+        metrics = t.train_step(t.step)
+        t.running.add(metrics)
+        t.step += 1
 
-    # (a) and (b) alternate: a drift in machine load (or clock) shows in both, not in their ratio.
+
+def _phases(a, trainers: Dict[str, Trainer], device, sync, peaks, tmp: Path) -> Dict[str, dict]:
+    timed = {p: _Timed(t) for p, t in trainers.items()}
+    # (a) and (b) of every precision alternate: a drift in machine load (or clock) shows in all of them,
+    # not in their ratios.
     for _ in range(a.warmup):
-        compute()
-        full_step()
-    compute_times, step_times = [], []
+        for t in timed.values():
+            t.compute()
+            t.full_step()
     for _ in range(a.repeats):
-        compute_times.append(time_once(compute, a.steps_per_repeat, sync))
-        step_times.append(time_once(full_step, a.steps_per_repeat, sync))
+        for t in timed.values():
+            t.compute_times.append(time_once(t.compute, a.steps_per_repeat, sync))
+            t.step_times.append(time_once(t.full_step, a.steps_per_repeat, sync))
+    return {p: _other_phases(a, t, device, sync, peaks[p][0], tmp / p) for p, t in timed.items()}
+
+
+def _other_phases(a, timed: _Timed, device, sync, peak, tmp: Path) -> dict:
+    trainer = timed.trainer
+    method, builder, data = trainer.method, trainer.batches, trainer.data
+    images, step_flops, eval_flops = timed.images, timed.step_flops, timed.eval_flops
+    compute_times, step_times = timed.compute_times, timed.step_times
 
     # (c) augmentation alone, on one uint8 batch already on the device.
     raw_labeled, raw_unlabeled = _raw_batch(trainer)
@@ -393,16 +442,15 @@ def _phases(a, trainer, device, sync, peak, tmp: Path) -> dict:
     load_times = time_calls(load, io_warmup, a.repeats, io_calls, sync)
     loaded = sum(s.batch_size for s in (builder.labeled_sampler, builder.unlabeled_sampler) if s is not None)
 
-    # (d) inference: the model as load_model rebuilds it from a checkpoint, on the first --eval-images
-    # test images (uint8, at the model's size).
+    # (d) inference: the model as load_model rebuilds it from a checkpoint (in the runner's precision), on
+    # the first --eval-images test images (uint8, at the model's size).
     n_eval = min(a.eval_images, len(data.test_images))
     test = data.test_images[torch.arange(n_eval, device=data.test_labels.device)]
     trainer.save(LAST)
-    trained = load_model(tmp / LAST, device=device)
+    trained = load_model(tmp / LAST, device=device, precision=trainer.precision)
 
     def evaluate():
-        with trainer.autocast():
-            trained.probabilities(test, batch_size=a.eval_batch_size)
+        trained.probabilities(test, batch_size=a.eval_batch_size)
 
     eval_times = time_calls(evaluate, min(a.warmup, 1), a.repeats, 1, sync)
 
@@ -423,7 +471,7 @@ def _phases(a, trainer, device, sync, peak, tmp: Path) -> dict:
     return {"phases": phases, "ratios": ratios, "images_per_step": images,
             "flops_per_step": step_flops, "flops_per_eval_image": eval_flops,
             "streaming": streaming,
-            "device": str(device), "precision": "bf16" if trainer.use_bf16 else "fp32",
+            "device": str(device), "precision": trainer.precision,
             "checks": _checks(a, device, ratios)}
 
 
@@ -470,9 +518,30 @@ PHASE_NAMES = {
 }
 
 
-def format_report(r: dict) -> str:
-    a, m = r["args"], r["machine"]
+def format_report(results: dict) -> str:
+    a, m = results["args"], results["machine"]
     where = m.get("gpu") or m["cpu"]
+    cap = m.get("cpu_capability") or {}
+    bf16_features = [k for k in ("amx_bf16", "amx_tile", "avx512_bf16") if cap.get(k)]
+    lines = [f"machine: {where} ({cap.get('capability', '?')}; native bf16: "
+             f"{', '.join(bf16_features) if bf16_features else 'no'}); {m['torch_threads']} torch threads, "
+             f"{m['logical_cpus']} logical CPUs; torch {m['torch']}; load average {m['load_average_1min']}"]
+    for r in results["by_precision"].values():
+        lines += [""] + _format_run(a, r)
+    speedups = {k: v for k, v in results.items() if k.startswith("speedup_over_")}
+    for key, by_precision in speedups.items():
+        base = key[len("speedup_over_"):]
+        for precision, s in by_precision.items():
+            lines.append(f"{precision} vs {base}: compute x{s['compute']:.2f}, full step x{s['step']:.2f}, "
+                         f"evaluation x{s['eval']:.2f} (median time {base} / {precision})")
+    load = m["load_average_1min"]
+    if load is not None and m["logical_cpus"] and load > 0.5 * m["logical_cpus"] + 0.5:
+        lines.append(f"warning: the machine was busy at start (load average {load} on {m['logical_cpus']} CPUs); "
+                     f"these timings are not representative")
+    return "\n".join(lines)
+
+
+def _format_run(a: dict, r: dict) -> List[str]:
     data = a["dataset"] if a["dataset"] == "synthetic" else (
         f"imagefolder {a['root']} ({'streaming, %d workers' % a['num_workers'] if r['streaming'] else 'in memory'})")
     lines = [
@@ -481,8 +550,6 @@ def format_report(r: dict) -> str:
         f"step), {r['device']} {r['precision']}, channels_last {a['channels_last']}, compile {a['compile'] or 'off'}, "
         f"reuse_cpu_memory {a['reuse_cpu_memory']}, "
         f"data {data}",
-        f"machine: {where}; {m['torch_threads']} torch threads, {m['logical_cpus']} logical CPUs; torch {m['torch']}; "
-        f"load average {m['load_average_1min']}",
         f"peak {r['peak_tflops']:.3f} TFLOP/s ({r['peak_source']}); FLOPs per step "
         + (f"{r['flops_per_step'] / 1e9:.1f} G" if r["flops_per_step"] else "not counted"),
         f"warm-up {a['warmup']}, {a['repeats']} repeats of {a['steps_per_repeat']} call(s)",
@@ -500,11 +567,7 @@ def format_report(r: dict) -> str:
               f"batch building share of the step: {100 * ratios['batch_share_of_step']:.1f} %"]
     for name, c in r["checks"].items():
         lines.append(f"target {name} {c['target']}: {c['value']:.3f} {'ok' if c['ok'] else 'MISSED'}")
-    load = m["load_average_1min"]
-    if load is not None and m["logical_cpus"] and load > 0.5 * m["logical_cpus"] + 0.5:
-        lines.append(f"warning: the machine was busy at start (load average {load} on {m['logical_cpus']} CPUs); "
-                     f"these timings are not representative")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -519,7 +582,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f"written {args.json}")
-    if args.check and not all(c["ok"] for c in results["checks"].values()):
+    if args.check and not all(c["ok"] for r in results["by_precision"].values() for c in r["checks"].values()):
         return 1
     return 0
 

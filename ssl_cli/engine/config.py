@@ -28,6 +28,7 @@ from ssl_cli.core.registry import Registry
 from ssl_cli.data import DATASETS, DatasetOptions
 from ssl_cli.engine.accel import COMPILE_MODES
 from ssl_cli.engine.optim import OPTIMIZERS, SCHEDULERS, OptimOptions, ScheduleOptions
+from ssl_cli.engine.precision import PRECISIONS
 from ssl_cli.methods import METHODS, MethodOptions
 from ssl_cli.models import BACKBONES, BackboneOptions
 from ssl_cli.transforms.views import AugmentOptions
@@ -55,8 +56,9 @@ class TrainerOptions(Options):
                               low=0, below=1)
     ema_warmup: bool = option(True, "decay min(ema_decay, (1+t)/(10+t)): the initial weights fade out fast in "
                                     "short runs")
-    precision: str = option("auto", "auto (bf16 autocast on CUDA, fp32 on the CPU) | fp32 | bf16",
-                            choices=("auto", "fp32", "bf16"))
+    precision: str = option("auto", "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16 or AVX-512 BF16, "
+                                    "else fp32) | fp32 | bf16 (evaluation and load_model follow it)",
+                            choices=PRECISIONS)
     channels_last: bool = option(True, "channels_last memory format (faster on CPU and CUDA)")
     num_threads: Optional[int] = option(None, "CPU threads for PyTorch; null keeps PyTorch's default", low=1, high=1024)
     compile: bool = option(False, "torch.compile the model (compiles at the first steps: minutes on a CPU)")

@@ -17,6 +17,7 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.data.files import decode_image
 from ssl_cli.engine.checkpoint import WRITTEN_BY, find_checkpoint, load_checkpoint
 from ssl_cli.engine.outputs import LAST
+from ssl_cli.engine.precision import PRECISIONS, autocast, resolve_precision
 from ssl_cli.models import BACKBONES, build_backbone
 from ssl_cli.transforms.views import Normalizer
 
@@ -24,10 +25,15 @@ ImageLike = Union[str, Path, Image.Image]
 
 
 class TrainedModel(torch.nn.Module):
-    """A trained classifier with its preprocessing. `model(images)` -> (class names, probabilities)."""
+    """A trained classifier with its preprocessing. `model(images)` -> (class names, probabilities).
 
-    def __init__(self, network: torch.nn.Module, card: dict, source: Path):
+    `precision` ("fp32" or "bf16") is how calls compute (bf16: autocast around the network); the weights
+    stay float32 either way, so `model.network` exports as a float32 model.
+    """
+
+    def __init__(self, network: torch.nn.Module, card: dict, source: Path, precision: str = "fp32"):
         super().__init__()
+        self.precision = precision
         self.network = network.eval()
         self.card, self.source = card, source
         self.class_names: List[str] = list(card["class_names"])
@@ -48,7 +54,9 @@ class TrainedModel(torch.nn.Module):
         out = []
         for start in range(0, len(images_uint8), batch_size):
             x = self.normalize(images_uint8[start:start + batch_size].to(self.device))
-            out.append(torch.softmax(self.network(x).logits.float(), dim=1))
+            with autocast(self.precision, self.device):
+                logits = self.network(x).logits
+            out.append(torch.softmax(logits.float(), dim=1))
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
@@ -64,8 +72,13 @@ class TrainedModel(torch.nn.Module):
         return [self.class_names[i] for i in probs.argmax(dim=1).tolist()], probs
 
 
-def load_model(source, device: Union[str, torch.device] = "cpu") -> TrainedModel:
-    """The model a run trained (the weights it evaluated), rebuilt from its checkpoint alone."""
+def load_model(source, device: Union[str, torch.device] = "cpu", precision: str = "auto") -> TrainedModel:
+    """The model a run trained (the weights it evaluated), rebuilt from its checkpoint alone.
+
+    `precision` as `trainer.precision` (auto: bf16 on CUDA and on CPUs with native bf16, else fp32).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     path = find_checkpoint(source, stage="finetune")
     state = load_checkpoint(path, map_location="cpu")
     card = state.get("model_card") or {}
@@ -78,5 +91,6 @@ def load_model(source, device: Union[str, torch.device] = "cpu") -> TrainedModel
     network = build_backbone(card["backbone"], options, card["channels"], card["num_classes"], card["image_size"])
     weights = state["ema"] if card.get("evaluated_weights") == "ema" and state.get("ema") else state["model"]
     network.load_state_dict(weights)
-    return TrainedModel(network, card, path).to(device)
+    device = torch.device(device)
+    return TrainedModel(network, card, path, resolve_precision(precision, device)).to(device)
 

@@ -8,7 +8,6 @@ method it trains: a method asks for image views by name and returns a loss.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from ssl_cli.engine.config import RunConfig
 from ssl_cli.engine.evaluation import classification_metrics, classify, embed, fit_linear_probe, knn_predict
 from ssl_cli.engine.optim import build_optimizer, build_scheduler
 from ssl_cli.engine.outputs import BEST, LAST, METRICS, write_json, write_summary
+from ssl_cli.engine.precision import autocast, resolve_precision
 from ssl_cli.engine.progress import TrainingProgress
 from ssl_cli.engine.selection import selected_split
 from ssl_cli.methods import METHODS
@@ -220,9 +220,10 @@ class Trainer:
         seed_everything(run.seed, t.deterministic)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
-        if self.use_bf16 and self.device.type != "cuda":
-            raise UserError("trainer.precision=bf16 is for CUDA; use trainer.precision=auto or fp32 on the CPU")
+        # What the forward passes compute in: "bf16" (autocast) or "fp32" (engine/precision.py).
+        self.precision = resolve_precision(t.precision, self.device)
+        self.use_bf16 = self.precision == "bf16"
+        log.info("precision %s (trainer.precision=%s, %s)", self.precision, t.precision, self.device.type)
 
         self.data_cpu = load_dataset(run.names["dataset"], run.dataset)
         bad_files = self.data_cpu.notes.get("bad_files") or []
@@ -285,6 +286,7 @@ class Trainer:
                 "class_names": list(d.class_names), "mean": list(self.mean), "std": list(self.std),
                 "dataset": self.run.names["dataset"], "method": self.run.names["method"],
                 "evaluated_weights": "ema" if self.ema is not None else "model",
+                "trained_precision": self.precision,
                 "linear_probe": not self.method.trains_classifier}
 
     def state_dict(self) -> dict:
@@ -300,6 +302,7 @@ class Trainer:
             "best": self.best,
             "running_metrics": self.running.state_dict(),
             "elapsed_seconds": self.elapsed,
+            "precision": self.precision,
             "config": self.run.plain(),
             "choices": self.choices,
             "model_card": self.model_card(),
@@ -339,9 +342,8 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------
 
     def autocast(self):
-        if self.use_bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast around forward passes (training and evaluation), or nothing for fp32."""
+        return autocast(self.precision, self.device)
 
     def train_step(self, step: int) -> Dict[str, object]:
         """One optimiser step over `grad_accumulation` micro-batches (micro-batch i of step k is batch k*n + i)."""
@@ -469,6 +471,7 @@ class Trainer:
         parts.append(f"test_acc {results['test']['accuracy']:.4f}")
         parts.append(f"test_knn {results['test']['knn_accuracy']:.4f}")
         parts.append(f"{self.elapsed:.1f}s")
+        parts.append(self.precision)
         log.info(" | ".join(parts))
 
     def _diverged(self, results) -> dict:
@@ -513,6 +516,7 @@ class Trainer:
             "max_steps": int(self.options.max_steps),
             "wall_time_s": round(self.elapsed, 2),
             "device": str(self.device),
+            "precision": self.precision,
             "final": final,
             "best": {k: v for k, v in self.best.items() if k != "score"},
             "train": self.last_train,

@@ -1,9 +1,18 @@
-"""Self-supervised losses: SimCLR's NT-Xent and BYOL's regression loss."""
+"""Self-supervised losses: SimCLR's NT-Xent and BYOL's regression loss.
+
+All in float32 even under bf16 autocast: autocast would run the similarity matmul in bf16 (about three
+significant digits), and NT-Xent's logits are similarities divided by a small temperature.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def _float32(like: torch.Tensor):
+    """Autocast off on `like`'s device type: the matmuls inside run in the inputs' float32."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def _positives(n: int, device) -> torch.Tensor:
@@ -20,7 +29,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     n = z1.shape[0]
-    logits = z @ z.t() / temperature
+    with _float32(z):
+        logits = z @ z.t() / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     return F.cross_entropy(logits, _positives(n, z.device))
 
@@ -29,7 +39,8 @@ def contrastive_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """Share of anchors whose most similar other embedding is their positive (a training monitor)."""
     z = F.normalize(torch.cat([z1, z2]).detach().float(), dim=1)
     n = z1.shape[0]
-    sim = (z @ z.t()).fill_diagonal_(float("-inf"))
+    with _float32(z):
+        sim = (z @ z.t()).fill_diagonal_(float("-inf"))
     return (sim.argmax(dim=1) == _positives(n, z.device)).float().mean()
 
 
