@@ -52,6 +52,7 @@ BASE = ["debug=smoke", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.c
 TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8", "dataset.num_labels=8",
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
+               **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -123,6 +124,8 @@ class Case(NamedTuple):
 
 FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudolabel",), ("method=simclr",),
                                            ("method=byol",), ("method=selfsup",))
+FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
+                              ("method=adamatch",), ("method=uda",))
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 
 # Valid by construction, and small: every combination of the combinable ones is still valid (for example
@@ -162,6 +165,18 @@ VALID: List[Case] = [
     Case("method.unlabeled_weight", floats(0.0, 10.0)),
     Case("method.unlabeled_ratio", ints(1, 2)),
     Case("method.warmup_fraction", floats(0.0, 1.0), context=PSEUDO, combine=False),
+    Case("method.distribution_alignment", BOOL),
+    Case("method.alignment_target", one_of("labeled-histogram", "uniform")),
+    Case("method.alignment_momentum", floats(0.0, 0.999)),
+    Case("method.threshold_warmup", BOOL, context=FLEX, combine=False),
+    Case("method.ema_momentum", floats(0.0, 0.999), context=FREE, combine=False),
+    Case("method.ema_momentum", floats(0.0, 0.999), context=SOFT, combine=False),
+    Case("method.ema_momentum", floats(0.0, 0.999), context=ADA, combine=False),
+    Case("method.fairness_weight", floats(0.0, 1.0), context=FREE, combine=False),
+    Case("method.n_sigma", floats(0.1, 5.0), context=SOFT, combine=False),
+    Case("method.uniform_alignment", BOOL, context=SOFT, combine=False),
+    Case("method.temperature", floats(0.05, 1.0), context=UDA, combine=False),
+    Case("method.tsa_schedule", one_of("none", "linear", "exp", "log"), context=UDA, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMCLR, combine=False),
     Case("method.hidden_dim", ints(1, 16), context=BYOL, combine=False),
@@ -180,7 +195,8 @@ VALID: List[Case] = [
          context=ADAMW, combine=False),
     Case("scheduler.warmup_steps", ints(0, 2)),
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
-    Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup"), combine=False),
+    Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
+                          "freematch", "softmatch", "adamatch", "uda"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -251,6 +267,19 @@ INVALID: List[Case] = [
     Case("method.unlabeled_weight", st.one_of(below(0.0), NOT_A_NUMBER)),
     Case("method.unlabeled_ratio", positive_int_invalid()),
     Case("method.warmup_fraction", probability_invalid(), context=PSEUDO),
+    Case("method.distribution_alignment", NOT_A_BOOL),
+    Case("method.alignment_target", st.one_of(one_of("histogram", "labeled", "Uniform"), NOT_A_NAME)),
+    Case("method.alignment_momentum", st.one_of(below(0.0), one_of("1", "1.0"), above(1.0), NOT_A_NUMBER)),
+    Case("method.threshold_warmup", NOT_A_BOOL, context=FLEX),
+    Case("method.confidence_threshold", probability_invalid(), context=FLEX),
+    Case("method.ema_momentum", st.one_of(below(0.0), one_of("1", "1.0"), above(1.0), NOT_A_NUMBER), context=FREE),
+    Case("method.ema_momentum", st.one_of(below(0.0), one_of("1"), NOT_A_NUMBER), context=SOFT),
+    Case("method.ema_momentum", st.one_of(above(1.0), one_of("1.0"), NOT_A_NUMBER), context=ADA),
+    Case("method.fairness_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=FREE),
+    Case("method.n_sigma", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SOFT),
+    Case("method.uniform_alignment", NOT_A_BOOL, context=SOFT),
+    Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=UDA),
+    Case("method.tsa_schedule", st.one_of(one_of("cosine", "Linear"), NOT_A_NAME), context=UDA),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
     Case("method.projection_dim", positive_int_invalid(), context=SIMCLR),
     Case("method.hidden_dim", positive_int_invalid(), context=BYOL),
@@ -337,6 +366,8 @@ def known_keys(*overrides: str) -> set:
 
 # Keys of every method and optimiser (a name unknown to one method may be a key of another).
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
+                                                  "method=flexmatch", "method=freematch", "method=softmatch",
+                                                  "method=adamatch", "method=uda",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2")))
 CONFIGS = REPO / "configs"
 GROUPS = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug")

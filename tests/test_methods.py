@@ -147,9 +147,115 @@ def test_byol_prediction_of_each_view_regresses_the_target_of_the_other():
     assert not math.isclose(out.loss.item(), same_view.item(), rel_tol=1e-4)
 
 
+# --------------------------------------------------------------------------- FixMatch's family
+#
+# Each test computes the loss by hand from TABLE: weak codes 2 (confident, class 2) and 3 (top 0.37), strong
+# codes 4 and 5. Every number below is what the method must use at its first step, from its initial state.
+
+
+def softmax(code):
+    return torch.softmax(TABLE[code], dim=0)
+
+
+def test_fixmatch_with_distribution_alignment_aligns_the_weak_view_before_thresholding():
+    # Labeled prior (0.5, 0.5, 0): class 2 gets target ~1e-6, so image 2's aligned argmax moves off class 2.
+    method = build("fixmatch", confidence_threshold=0.5, distribution_alignment=True)
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    target = torch.tensor([0.5 + 1e-6, 0.5 + 1e-6, 1e-6])
+    aligned = torch.stack([softmax(2), softmax(3)]) * (target / target.sum() * 3)  # model_probs start uniform
+    aligned = aligned / aligned.sum(1, keepdim=True)
+    conf, labels = aligned.max(1)
+    mask = (conf >= 0.5).float()
+    unsup = (ce([4, 5], labels) * mask).mean()
+    assert out.metrics["unsup_loss"].item() == pytest.approx(unsup.item(), rel=1e-5)
+    plain = build("fixmatch", confidence_threshold=0.5).training_step(StubModel(), fixmatch_batch(), 0)
+    assert plain.metrics["unsup_loss"].item() != pytest.approx(unsup.item(), rel=1e-3)
+    # after_step moves the model's mean prediction towards this batch's raw weak probabilities.
+    method.after_step(StubModel(), 0, [out])
+    expected = 0.999 * torch.full((3,), 1 / 3) + 0.001 * torch.stack([softmax(2), softmax(3)]).mean(0)
+    assert method.alignment.model_probs.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_flexmatch_starts_with_low_class_thresholds_and_trains_the_strong_view():
+    method = build("flexmatch")
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    # Nothing claimed yet: every threshold is 0, both weak images count, targets their weak argmax.
+    unsup = ce([4, 5], [2, 0]).mean()
+    assert out.metrics["unsup_loss"].item() == pytest.approx(unsup.item(), rel=1e-6)
+    assert out.metrics["mask_rate"].item() == 1.0
+    method.after_step(StubModel(), 0, [out])
+    # Image 0 (weak code 2, conf 0.999 > 0.95) claims class 2; image 1 stays unclaimed.
+    assert method.class_threshold.selected_label.tolist() == [2, -1]
+
+
+def test_freematch_masks_with_the_self_adaptive_threshold_and_adds_the_fairness_term():
+    method = build("freematch", fairness_weight=0.5)
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    # Initial thresholds 1/3 for every class: image 2 (0.999) passes, image 3 (top 0.367) passes too.
+    conf3 = softmax(3).max().item()
+    assert conf3 > 1 / 3
+    unsup = ce([4, 5], [2, 0]).mean()
+    probs_strong = torch.stack([softmax(4), softmax(5)])
+    mean = probs_strong.mean(0)
+    hist = torch.tensor([0.5, 0.5, 0.0])  # strong argmax: code 4 -> class 2, code 5 -> class 1
+    assert probs_strong.argmax(1).tolist() == [2, 1]
+    scaled = mean * torch.tensor([0.0, 2.0, 2.0])  # 1/h, 0 for the empty class
+    scaled = scaled / scaled.sum()
+    fair = (torch.full((3,), 1 / 3) * torch.log(scaled + 1e-12)).sum()  # p̃ / h̃ uniform at the start
+    assert out.metrics["fairness_loss"].item() == pytest.approx(fair.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx((ce([0, 1], LABELS).mean() + unsup + 0.5 * fair).item(), rel=1e-5)
+
+
+def test_softmatch_weights_below_the_mean_confidence_and_keeps_the_unaligned_pseudo_label():
+    method = build("softmatch")
+    with torch.no_grad():  # a state where image 3 is below the mean confidence
+        method.gaussian.mean.fill_(0.6)
+        method.gaussian.variance.fill_(0.04)
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    # Uniform alignment with a uniform running mean changes nothing at the first step.
+    conf3 = softmax(3).max().item()
+    w3 = math.exp(-(conf3 - 0.6) ** 2 / (2 * 0.04 / 4))
+    unsup = (ce([4], [2]).sum() + w3 * ce([5], [0]).sum()) / 2
+    assert out.metrics["unsup_loss"].item() == pytest.approx(unsup.item(), rel=1e-5)
+    assert out.metrics["mask_rate"].item() == pytest.approx((1 + w3) / 2, rel=1e-5)
+
+
+def test_adamatch_threshold_is_relative_to_the_labeled_confidence():
+    method = build("adamatch", confidence_threshold=0.9)
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    threshold = 0.9 * (softmax(0).max() + softmax(1).max()) / 2
+    assert out.metrics["threshold"].item() == pytest.approx(threshold.item(), rel=1e-6)
+    # The alignment target starts uniform like the running mean: probabilities unchanged; only image 2 passes.
+    assert softmax(3).max() < threshold < softmax(2).max()
+    assert out.metrics["unsup_loss"].item() == pytest.approx((ce([4], [2]).sum() / 2).item(), rel=1e-5)
+    method.after_step(StubModel(), 0, [out])
+    labeled_mean = torch.stack([softmax(0), softmax(1)]).mean(0)
+    expected = 0.999 * torch.full((3,), 1 / 3) + 0.001 * labeled_mean
+    assert method.alignment.target.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_uda_trains_the_strong_view_on_sharpened_soft_targets():
+    method = build("uda", confidence_threshold=0.8, temperature=0.4)
+    out = method.training_step(StubModel(), fixmatch_batch(), 0)
+    target = torch.softmax(TABLE[2] / 0.4, dim=0)  # sharpening = softmax(logits / T); image 3 is masked
+    unsup = -(target * F.log_softmax(TABLE[4], dim=0)).sum() / 2
+    assert out.metrics["unsup_loss"].item() == pytest.approx(unsup.item(), rel=1e-5)
+
+
+def test_uda_tsa_drops_labeled_images_predicted_above_the_annealed_threshold():
+    method = build("uda", tsa_schedule="linear", max_steps=100)
+    batch = fixmatch_batch()
+    # At step 0, η = 1/3: label 0 of code 0 has p 0.79 (dropped), label 1 of code 1 has p 0.53 (dropped).
+    out = method.training_step(StubModel(), batch, 0)
+    assert out.metrics["sup_loss"].item() == 0.0
+    out = method.training_step(StubModel(), batch, 100)  # η = 1: every labeled image counts
+    assert out.metrics["sup_loss"].item() == pytest.approx(ce([0, 1], LABELS).mean().item(), rel=1e-6)
+
+
 def test_every_registered_method_has_a_view_test():
     # A new method must come with a test here that pins its views.
-    tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup"}
+    tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup",
+              "flexmatch", "freematch", "softmatch", "adamatch", "uda"}
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -161,10 +267,49 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol"])
+@pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
+                                    "freematch", "softmatch", "adamatch", "uda"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
-    extra = ["method.unlabeled_ratio=2"] if method in ("fixmatch", "pseudolabel") else []
+    extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
     summary = trainer_for(LEARN + [f"method={method}", *extra], tmp_path).fit()
     assert summary["status"] == "completed"
     assert summary["final"]["test/accuracy"] > 0.5, summary["final"]
+
+
+# --------------------------------------------------------------------------- resume exactness
+
+ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda"]
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_adaptive_state_survives_a_checkpoint_exactly(method, tmp_path):
+    # Three steps, a checkpoint, three more from it: model and method state equal six straight steps.
+    overrides = ["debug=smoke", f"method={method}", "method.unlabeled_ratio=1", "trainer.deterministic=true",
+                 "trainer.batch_size=8", "trainer.num_threads=1"]
+    if method in ("fixmatch", "uda"):  # their state: the alignment's running mean
+        overrides.append("method.distribution_alignment=true")
+    if method == "flexmatch":  # a random network's images rarely reach 0.95 in six steps: nothing claimed
+        overrides.append("method.confidence_threshold=0.3")
+    for sub in "abcd":
+        (tmp_path / sub).mkdir()
+    straight = trainer_for(overrides, tmp_path / "a")
+    for step in range(6):
+        straight.train_step(step)
+    first = trainer_for(overrides, tmp_path / "b")
+    for step in range(3):
+        first.train_step(step)
+    state = first.state_dict()
+    resumed = trainer_for(overrides, tmp_path / "c")
+    resumed.load_state_dict(state)
+    for step in range(3, 6):
+        resumed.train_step(step)
+    expected, got = straight.method.state_dict(), resumed.method.state_dict()
+    assert expected.keys() == got.keys() and len(expected) > 0
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    # The state moved: a test that never updates it would pass trivially.
+    fresh = trainer_for(overrides, tmp_path / "d").method.state_dict()
+    assert any(not torch.equal(fresh[k], got[k]) for k in got)

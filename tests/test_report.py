@@ -135,3 +135,21 @@ def test_labels_needed_lines_say_what_the_numbers_mean(tmp_path):
     # fixmatch beats supervised@200 already at 20 labels: an upper bound; pseudolabel has no run below 200.
     assert lines == ["labels needed: fixmatch reaches supervised's 80.0 % at 200 labels with at most 20 labels "
                      "(the fewest in this sweep; at least 90 % less labeling)"]
+
+
+def test_methods_are_ranked_within_each_label_count(tmp_path):
+    # Any list of methods: ranks by mean test accuracy per label count, 1 = best, ties share a rank.
+    for seed in (0, 1):
+        for method, acc20, acc40 in (("supervised", 0.5, 0.7), ("fixmatch", 0.8, 0.9), ("flexmatch", 0.85, 0.9),
+                                     ("uda", 0.6, 0.95)):
+            write_summary(tmp_path, method, 20, seed, acc20)
+            write_summary(tmp_path, method, 40, seed, acc40)
+    report = make_report(tmp_path)
+    ranks = {(r["method"], r["num_labels"]): r["rank"] for r in report.rows()}
+    assert [ranks[(m, 20)] for m in ("flexmatch", "fixmatch", "uda", "supervised")] == [1, 2, 3, 4]
+    assert [ranks[(m, 40)] for m in ("uda", "fixmatch", "flexmatch", "supervised")] == [1, 2, 2, 4]
+    report_main([str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    assert "| labels | rank | method |" in md
+    with open(tmp_path / "report.csv") as f:
+        assert {row["method"]: row["rank"] for row in csv.DictReader(f) if row["num_labels"] == "20"}["uda"] == "3"

@@ -354,7 +354,23 @@ class Report:
                     "mask_rate": _mean(c.mask_rates), "pseudo_label_acc": _mean(c.pl_accuracies),
                     "accuracy_kind": self.kind,
                 })
+        ranks = self.ranks()
+        for r in rows:
+            r["rank"] = ranks.get((display_name(r["method"], r["variant"]), r["num_labels"]))
         return rows
+
+    def ranks(self) -> Dict[Tuple[str, int], int]:
+        """Each method's rank among all methods at the same label count: 1 = best mean test accuracy.
+
+        Competition ranking: methods whose means are equal (to 0.05 points, the table's precision) share
+        a rank and the next rank is skipped, so a tie is never shown as an order.
+        """
+        out = {}
+        for n in self.label_counts:
+            means = {m: c.mean for (m, k), c in self.cells.items() if k == n}
+            for name, mean in means.items():
+                out[(name, n)] = 1 + sum(1 for other in means.values() if other > mean + 5e-4)
+        return out
 
     def warnings(self) -> List[str]:
         """Plain-text lines about everything that is not a complete, clean sweep."""
@@ -409,7 +425,7 @@ def print_report(report: Report, title: str) -> None:
     with_val = any(r["val_accuracy_mean"] is not None for r in rows)
     table = Table(title=title, caption=f"test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
                                             f"PL acc: pseudo-label accuracy on the unlabeled images")
-    columns = ["labels", "method", "test acc", "runs", "vs sup."]
+    columns = ["labels", "rank", "method", "test acc", "runs", "vs sup."]
     columns += ["val acc"] if with_val else []
     columns += ["mask rate", "PL acc"]
     for col in columns:
@@ -418,7 +434,8 @@ def print_report(report: Report, title: str) -> None:
         else:
             table.add_column(col, justify="right")
     for r in rows:
-        cells = [str(r["num_labels"]), escape(display_name(r["method"], r["variant"])), _mean_std(r), str(r["runs"]),
+        cells = [str(r["num_labels"]), str(r["rank"]), escape(display_name(r["method"], r["variant"])), _mean_std(r),
+                 str(r["runs"]),
                  _delta(r["vs_supervised"])]
         cells += [_pct(r["val_accuracy_mean"])] if with_val else []
         cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
@@ -461,9 +478,9 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
         writer.writeheader()
         writer.writerows(rows)
     with_val = any(r["val_accuracy_mean"] is not None for r in rows)
-    header = ["labels", "method", "test accuracy", "runs", "vs supervised"] + (["val accuracy"] if with_val else [])
+    header = ["labels", "rank", "method", "test accuracy", "runs", "vs supervised"] + (["val accuracy"] if with_val else [])
     header += ["mask rate", "pseudo-label acc"]
-    table = [[str(r["num_labels"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
+    table = [[str(r["num_labels"]), str(r["rank"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
               _delta(r["vs_supervised"])] + ([_pct(r["val_accuracy_mean"])] if with_val else [])
              + [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])] for r in rows]
     lines = [f"Test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "

@@ -47,4 +47,11 @@ class TrainingProgress:
             parts.append(f"mask {stats['mask_rate']:.2f}")
         if self.show_ssl and stats.get("pseudo_label_acc") == stats.get("pseudo_label_acc") and "pseudo_label_acc" in stats:
             parts.append(f"pl_acc {stats['pseudo_label_acc']:.2f}")
+        # What an adaptive method adapts (FlexMatch, FreeMatch, AdaMatch: threshold; SoftMatch: confidence mean).
+        if self.show_ssl and "threshold" in stats:
+            parts.append(f"thr {stats['threshold']:.2f}")
+        if self.show_ssl and "threshold_spread" in stats:
+            parts.append(f"thr_spread {stats['threshold_spread']:.2f}")
+        if self.show_ssl and "confidence_mean" in stats:
+            parts.append(f"conf_mean {stats['confidence_mean']:.2f}")
         self._progress.update(self._task, completed=step, stats="  ".join(parts))

@@ -9,6 +9,7 @@ to the host, so none of it costs a sync on CUDA.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -134,3 +135,83 @@ class DistributionAlignment(nn.Module):
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
         self.model_probs.mul_(self.momentum).add_((1 - self.momentum) * probs.mean(dim=0))
+
+
+def class_histogram(labels: torch.Tensor, num_classes: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Share of each class among `labels` (optionally weighted), a float vector summing to 1 (or all 0).
+
+    One-hot sums instead of boolean indexing: the same shape whatever the mask, so no host sync.
+    """
+    one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
+    if weights is not None:
+        one_hot = one_hot * weights[:, None]
+    counts = one_hot.sum(dim=0)
+    return counts / counts.sum().clamp_min(1e-12)
+
+
+def fairness_loss(probs_strong: torch.Tensor, mask: torch.Tensor, class_probs: torch.Tensor,
+                  label_hist: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness term (Wang et al. 2023, eq. 9-11): L_f = -H(SumNorm(p̃/h̃), SumNorm(p̄/h̄)).
+
+    p̃, h̃ are the EMAs of the weak view's mean probabilities and argmax histogram; p̄, h̄ the same over the
+    masked strong-view predictions of this batch. H(a, b) = -Σ a log b, so L_f = Σ a log b; its gradient
+    flows through p̄ only. 0 when no image passes the mask.
+    """
+    num_classes = probs_strong.shape[1]
+    weight = mask.float()
+    count = weight.sum()
+    mean_strong = (probs_strong * weight[:, None]).sum(dim=0) / count.clamp_min(1e-12)
+    hist_strong = class_histogram(probs_strong.detach().argmax(dim=1), num_classes, weight)
+    # 1/h with empty classes scaled by 0, as in the reference (nan_to_num of 1/0).
+    inverse = torch.where(hist_strong > 0, 1.0 / hist_strong.clamp_min(1e-12), torch.zeros_like(hist_strong))
+    target = class_probs / label_hist.clamp_min(1e-12)
+    target = target / target.sum()
+    scaled = mean_strong * inverse
+    scaled = scaled / scaled.sum().clamp_min(1e-12)
+    loss = (target * torch.log(scaled + 1e-12)).sum()
+    return torch.where(count > 0, loss, torch.zeros_like(loss))
+
+
+def relative_threshold(probs_labeled: torch.Tensor, threshold: float) -> torch.Tensor:
+    """AdaMatch's relative threshold (Berthelot et al. 2022, eq. 6): τ times the labeled batch's mean confidence."""
+    return threshold * probs_labeled.max(dim=1).values.mean()
+
+
+def tsa_threshold(step: int, max_steps: int, schedule: str, num_classes: int) -> float:
+    """UDA's training-signal annealing (Xie et al. 2020, sec. 3.2): η_t = α_t (1 - 1/C) + 1/C.
+
+    α_t grows from 0 to 1 over training: t/T (linear), exp(5 (t/T - 1)) (exp), 1 - exp(-5 t/T) (log);
+    'none' keeps η = 1 (no labeled image is masked).
+    """
+    if schedule == "none":
+        return 1.0
+    progress = min(1.0, step / max(1, max_steps))
+    alpha = {"linear": progress, "exp": math.exp(5 * (progress - 1)), "log": 1 - math.exp(-5 * progress)}[schedule]
+    return alpha * (1 - 1 / num_classes) + 1 / num_classes
+
+
+class TruncatedGaussianWeight(nn.Module):
+    """SoftMatch's weights (Chen et al. 2023, eq. 7-9): images below the EMA mean confidence μ get the
+    Gaussian weight exp(-(conf - μ)² / (2 σ² / n_σ²)); images at or above μ get 1.
+
+    μ starts at 1/C and σ² at 1; both are EMAs of the batch's mean and unbiased variance of the confidence.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, n_sigma: float = 2.0):
+        super().__init__()
+        self.momentum, self.n_sigma = momentum, n_sigma
+        self.register_buffer("mean", torch.tensor(1.0 / num_classes))
+        self.register_buffer("variance", torch.tensor(1.0))
+
+    def weight(self, probs: torch.Tensor) -> torch.Tensor:
+        confidence = probs.max(dim=1).values
+        below = torch.clamp(confidence - self.mean, max=0.0)
+        return torch.exp(-below.pow(2) / (2 * self.variance / self.n_sigma ** 2))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        confidence = probs.max(dim=1).values
+        m = self.momentum
+        self.mean.mul_(m).add_((1 - m) * confidence.mean())
+        if confidence.numel() > 1:  # the unbiased variance of one value is undefined
+            self.variance.mul_(m).add_((1 - m) * confidence.var(unbiased=True))
