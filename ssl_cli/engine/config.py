@@ -70,6 +70,13 @@ class TrainerOptions(Options):
                                             choices=("auto", True, False))
     grad_accumulation: int = option(1, "micro-batches per optimiser step: an effective batch larger than "
                                        "memory allows", low=1)
+    devices: int = option(1, "processes to train with on this node (ssl-train starts them with torchrun; "
+                             "under torchrun the world size comes from torchrun)", low=1, high=1024)
+    sync_batchnorm: Union[str, bool] = option("auto", "BatchNorm statistics over the global batch: auto (on for "
+                                                      "CUDA with more than one rank) | true | false",
+                                              choices=("auto", True, False))
+    dist_timeout: float = option(600.0, "seconds a rank waits in a collective for the others before it "
+                                        "stops with an error (a dead rank must not hang the rest)", above=0)
     knn_k: int = option(200, "kNN monitor at every evaluation (labeled images as memory bank): neighbours", low=1)
     knn_temperature: float = option(0.1, "temperature of the kNN monitor's exp(similarity / T) votes", above=0)
 
