@@ -20,7 +20,6 @@ from typing import List
 
 import torch
 import torch.distributed as dist
-from torch.distributed.nn.functional import all_gather as all_gather_autograd
 
 
 def world_size() -> int:
@@ -59,11 +58,28 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: every rank's rows. Backward: each rank's loss sends gradient to every rank's rows, so the
+    gradients are summed over ranks and each rank keeps the slice of its own rows."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = x.shape[0]
+        return all_gather(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """As `all_gather`, and the gradient of each rank's slice flows back to the rank that owns it."""
     if not is_distributed():
         return x
-    return torch.cat(all_gather_autograd(x.contiguous()))
+    return _GatherWithGrad.apply(x.contiguous())
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
