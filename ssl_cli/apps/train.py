@@ -187,11 +187,14 @@ def main() -> None:
         finally:
             distributed.stop()
         return
-    _check_composes(argv)
-    # trainer.devices=N (given on the command line) starts the same command under torchrun.
+    # trainer.devices=N (given on the command line) starts the same command under torchrun, with the
+    # run directory fixed here (the workers' clocks would name their own).
     devices = _trainer_setting(argv, "devices", 1) if any("trainer.devices" in a for a in argv) else 1
     if isinstance(devices, int) and devices > 1:
+        argv = distributed.with_run_dir(argv)
+        _check_composes(argv)
         sys.exit(distributed.launch(devices, argv))
+    _check_composes(argv)
     hydra_main()
 
 

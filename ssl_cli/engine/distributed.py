@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -76,6 +76,15 @@ def _run_dir_marker() -> Path:
     return Path(tempfile.gettempdir()) / f"ssl-cli-torchrun-{run_id}.rundir"
 
 
+def with_run_dir(argv: List[str], run_dir: Optional[str] = None) -> List[str]:
+    """`argv` with its run directory (Hydra's, resolved now unless given) made explicit."""
+    if run_dir is None:
+        if any(a.startswith("hydra.run.dir=") for a in argv):
+            return list(argv)
+        run_dir = str(compose(argv, return_hydra_config=True).hydra.run.dir)
+    return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+
+
 def _pick_command_line(argv: List[str]) -> List[str]:
     """Rank 0: the command line every rank runs, with the run directory made explicit."""
     if any(a in ("-m", "--multirun") for a in argv):
@@ -86,7 +95,7 @@ def _pick_command_line(argv: List[str]) -> List[str]:
     else:
         run_dir = str(compose(argv, return_hydra_config=True).hydra.run.dir)
         marker.write_text(run_dir)
-    argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    argv = with_run_dir(argv, run_dir)
     if restart_count() > 0 and (Path(run_dir) / LAST).is_file() and not any(a.startswith("resume=") for a in argv):
         log.warning("torchrun restart %d: resuming from %s", restart_count(), Path(run_dir) / LAST)
         argv.append(f"resume={run_dir}")
