@@ -221,6 +221,9 @@ VALID: List[Case] = [
     Case("trainer.deterministic", BOOL),
     Case("trainer.nonfinite", one_of("stop", "skip")),
     Case("trainer.progress_bar", one_of("auto", "true", "false")),
+    Case("trainer.devices", one_of("1")),  # 2 and more are valid but start torchrun: tests/test_distributed.py
+    Case("trainer.sync_batchnorm", one_of("auto", "false")),  # true needs CUDA
+    Case("trainer.dist_timeout", floats(1.0, 3600.0)),
     Case(INIT_FROM, one_of("null")),
 ]
 
@@ -320,6 +323,10 @@ INVALID: List[Case] = [
     Case("trainer.deterministic", NOT_A_BOOL),
     Case("trainer.nonfinite", st.one_of(one_of("ignore", "warn", "raise"), NOT_A_NAME)),
     Case("trainer.progress_bar", one_of("sometimes", "abc", "2", "[true]")),
+    Case("trainer.devices", st.one_of(positive_int_invalid(), ints(1025, 10**6))),
+    Case("trainer.sync_batchnorm", one_of("sometimes", "abc", "2", "[true]")),
+    Case("trainer.sync_batchnorm", one_of("true"), context=("trainer.device=cpu",)),
+    Case("trainer.dist_timeout", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER)),
 ]
 
 # Wrong values the program accepts today (bugs the fuzzer found), as (key, value). Each is checked by

@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import math
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_cli.apps.preflight import check_command_line
 from ssl_cli.apps.report import print_run_summary
 from ssl_cli.core.errors import EXIT_USER_ERROR, UserError, one_line
-from ssl_cli.engine.config import CONFIG_MODULE, CONFIG_NAME, register_schemas
+from ssl_cli.core.distributed import is_main
+from ssl_cli.engine import distributed
+from ssl_cli.engine.config import CONFIG_MODULE, CONFIG_NAME, compose, register_schemas
 from ssl_cli.engine.outputs import SUMMARY, write_summary
 from ssl_cli.engine.run import run
 
@@ -117,7 +120,15 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
         _write_failed_summary(run_dir, cfg, f"{type(e).__name__}: {one_line(e)}", choices)
         log.exception("job failed")
         return None
-    print_run_summary(summary)
+    if summary.get("signal") and not multirun:
+        # Stopped by SIGTERM/SIGINT: saved, but not finished. Exit 128 + N (as the shell reports a signal)
+        # so torchrun, SLURM and scripts see that; continue with resume=<run dir>.
+        if is_main():
+            print_run_summary(summary)
+        distributed.stop()
+        sys.exit(128 + int(signal.Signals[summary["signal"]]))
+    if is_main():
+        print_run_summary(summary)
     return objective(summary)
 
 
@@ -147,9 +158,43 @@ def _check_composes(argv) -> None:
         fail(one_line(e))
 
 
+def _trainer_setting(argv, key: str, default):
+    """One trainer option of the command line, before anything runs (the full check comes after)."""
+    if any(a in ("-m", "--multirun", "--help", "-h", "--cfg", "-c", "--info", "--hydra-help") or a.startswith("--cfg")
+           for a in argv):
+        return default
+    try:
+        return compose(list(argv)).trainer.get(key, default)
+    except UserError as e:
+        fail(one_line(e))
+
+
 def main() -> None:
     register_schemas()
-    _check_composes(sys.argv[1:])
+    argv = sys.argv[1:]
+    if distributed.under_torchrun():
+        # Every rank joins the process group, then runs rank 0's command line (one run directory).
+        distributed.start(float(_trainer_setting(argv, "dist_timeout", distributed.DEFAULT_TIMEOUT_S)))
+        try:
+            argv = distributed.agree_on_command_line(argv)
+        except UserError as e:
+            fail(one_line(e))
+        _check_composes(argv)
+        distributed.barrier()  # no rank writes anything before every rank has checked the command line
+        sys.argv = [sys.argv[0], *argv]
+        try:
+            hydra_main()
+        finally:
+            distributed.stop()
+        return
+    # trainer.devices=N (given on the command line) starts the same command under torchrun, with the
+    # run directory fixed here (the workers' clocks would name their own).
+    devices = _trainer_setting(argv, "devices", 1) if any("trainer.devices" in a for a in argv) else 1
+    if isinstance(devices, int) and devices > 1:
+        argv = distributed.with_run_dir(argv)
+        _check_composes(argv)
+        sys.exit(distributed.launch(devices, argv))
+    _check_composes(argv)
     hydra_main()
 
 

@@ -77,7 +77,13 @@ class BatchBuilder:
     def __init__(self, data: TrainingData, labeled_views: Tuple[str, ...], unlabeled_views: Tuple[str, ...],
                  labeled_batch: int, unlabeled_batch: int, augment: Augment,
                  normalize: Callable[[torch.Tensor], torch.Tensor], seed: int, channels_last: bool,
-                 needs_unlabeled_for: str = "this method"):
+                 needs_unlabeled_for: str = "this method", shard: Tuple[int, int] = (0, 1)):
+        # shard = (rank, world): the batch sizes are GLOBAL; each rank takes its slice of the step's indices.
+        self.rank, self.world = shard
+        for what, size in (("trainer.batch_size", labeled_batch), ("the unlabeled batch", unlabeled_batch)):
+            if size % self.world:
+                raise UserError(f"{what} ({size}) must be divisible by the number of ranks ({self.world}): "
+                                f"it is the global batch, split evenly across ranks")
         device = data.images.device
         self.data, self.augment, self.normalize, self.seed = data, augment, normalize, seed
         self.labeled_views, self.unlabeled_views = tuple(labeled_views), tuple(unlabeled_views)
@@ -94,6 +100,8 @@ class BatchBuilder:
         # The image source: the in-memory tensor, or images streamed from files (ssl_cli.data.stream.FileImages)
         # whose decode workers follow this builder's step schedule.
         self.stream = None if isinstance(data.images, torch.Tensor) else data.images
+        if self.stream is not None and self.world > 1:
+            raise UserError("dataset.streaming=true runs in one process; drop it or run on one rank")
         if self.stream is not None:
             self.stream.bind(self)
 
@@ -111,17 +119,29 @@ class BatchBuilder:
     def views(self, names: Tuple[str, ...], raw: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(self.prepare(self.augment(v, raw, self.gen)) for v in names)
 
+    def _shard(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the step's global indices (all of them in one process)."""
+        if self.world == 1:
+            return indices
+        size = len(indices) // self.world
+        return indices[self.rank * size:(self.rank + 1) * size]
+
+    def augment_seed(self, step: int) -> int:
+        """Augmentation randomness for this step only, and per rank: (seed, step) on rank 0, as in one
+        process, and (seed, step, rank) on the others."""
+        return mix(self.seed, AUGMENT_STREAM, step) if self.rank == 0 else mix(self.seed, AUGMENT_STREAM, step, self.rank)
+
     def __call__(self, step: int) -> Batch:
-        self.gen.manual_seed(mix(self.seed, AUGMENT_STREAM, step))  # augmentation randomness for this step only
+        self.gen.manual_seed(self.augment_seed(step))
         d = self.data
         batch = Batch()
         if self.labeled_sampler is not None:
-            batch.labeled_index = self.labeled_sampler(step)
+            batch.labeled_index = self._shard(self.labeled_sampler(step))
             idx = d.labeled[batch.labeled_index]
             batch.labeled = self.views(self.labeled_views, self.gather(idx, step))
             batch.labels = d.labels[idx]
         if self.unlabeled_sampler is not None:
-            batch.unlabeled_index = self.unlabeled_sampler(step)
+            batch.unlabeled_index = self._shard(self.unlabeled_sampler(step))
             uidx = d.unlabeled[batch.unlabeled_index]
             batch.unlabeled = self.views(self.unlabeled_views, self.gather(uidx, step))
             batch.unlabeled_targets = d.labels[uidx]

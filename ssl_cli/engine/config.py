@@ -15,6 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional, Tuple, Union
 
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
@@ -72,8 +73,21 @@ class TrainerOptions(Options):
                                             choices=("auto", True, False))
     grad_accumulation: int = option(1, "micro-batches per optimiser step: an effective batch larger than "
                                        "memory allows", low=1)
+    devices: int = option(1, "processes to train with on this node (ssl-train starts them with torchrun; "
+                             "under torchrun the world size comes from torchrun)", low=1, high=1024)
+    sync_batchnorm: Union[str, bool] = option("auto", "BatchNorm statistics over the global batch: auto (on for "
+                                                      "CUDA with more than one rank) | true | false",
+                                              choices=("auto", True, False))
+    dist_timeout: float = option(600.0, "seconds a rank waits in a collective for the others before it "
+                                        "stops with an error (a dead rank must not hang the rest)", above=0)
     knn_k: int = option(200, "kNN monitor at every evaluation (labeled images as memory bank): neighbours", low=1)
     knn_temperature: float = option(0.1, "temperature of the kNN monitor's exp(similarity / T) votes", above=0)
+
+    def check(self) -> None:
+        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        if self.sync_batchnorm is True and not cuda:
+            raise UserError("trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm); on the CPU use "
+                            "trainer.sync_batchnorm=auto or false")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ssl_cli.core.distributed import all_reduce_sum, is_distributed, is_main, rank, world_size
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.seeding import seed_everything
 from ssl_cli.data import load_dataset
@@ -29,6 +30,8 @@ from ssl_cli.data.split import SPLIT_FILE, Split, load_split, make_split, save_s
 from ssl_cli.engine.accel import apply_speed_settings
 from ssl_cli.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ssl_cli.engine.config import RunConfig
+from ssl_cli.engine.distributed import (any_rank, average_gradients, broadcast_module, device_for_rank,
+                                        uses_sync_batchnorm, wrap)
 from ssl_cli.engine.evaluation import classification_metrics, classify, embed, fit_linear_probe, knn_predict
 from ssl_cli.engine.optim import build_optimizer, build_scheduler
 from ssl_cli.engine.outputs import BEST, LAST, METRICS, write_json, write_summary
@@ -74,6 +77,13 @@ class RunningMetrics:
     def compute(self) -> Dict[str, float]:
         """The averages; a metric that counted nothing is left out (pseudo-label accuracy when every
         confident pseudo-label was on an image whose label is unknown, as in an image folder's unlabeled/)."""
+        if is_distributed() and self.sums:  # sums and counts over every rank's share of the global batch
+            keys = list(self.sums)
+            sums = torch.stack([self.sums[k].reshape(()) for k in keys])
+            counts = torch.stack([torch.as_tensor(self.counts[k], dtype=torch.float32, device=sums.device).reshape(())
+                                  for k in keys])
+            totals = all_reduce_sum(torch.stack([sums, counts])).tolist()
+            return {k: s / c for k, s, c in zip(keys, totals[0], totals[1]) if c}
         out = {}
         for k, s in self.sums.items():
             c = self.counts[k]
@@ -112,7 +122,11 @@ class LossHealth:
 
     def diverged_at(self) -> Optional[int]:
         """The step (1-based, as logged) whose loss was first non-finite, or None."""
-        value = int(self.first_bad.item())
+        first_bad = self.first_bad
+        if is_distributed():  # a non-finite loss on any rank stops every rank
+            first_bad = first_bad.clone()
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MAX)
+        value = int(first_bad.item())
         return value if value >= 0 else None
 
 
@@ -175,7 +189,8 @@ def choose_split(run: RunConfig, data, run_dir: Path) -> Split:
                                unlabeled_includes_labeled=d.unlabeled_includes_labeled)
         if given is not None:
             split = replace(split, validation=np.arange(len(labels), num_images, dtype=np.int64))
-    save_split(split, run_dir / SPLIT_FILE, data.name, num_images)
+    if is_main():
+        save_split(split, run_dir / SPLIT_FILE, data.name, num_images)
     return split
 
 
@@ -216,7 +231,7 @@ class Trainer:
     def __init__(self, run: RunConfig, run_dir: Path, choices: Optional[dict] = None):
         self.run, self.run_dir, self.choices = run, Path(run_dir), dict(choices or {})
         t = self.options = run.trainer
-        self.device = pick_device(t.device)
+        self.device = device_for_rank(pick_device(t.device))
         seed_everything(run.seed, t.deterministic)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -227,7 +242,7 @@ class Trainer:
 
         self.data_cpu = load_dataset(run.names["dataset"], run.dataset)
         bad_files = self.data_cpu.notes.get("bad_files") or []
-        if bad_files:  # skipped (dataset.bad_images=skip): say so, and list them with the run
+        if bad_files and is_main():  # skipped (dataset.bad_images=skip): say so, and list them with the run
             (self.run_dir / "bad_images.txt").write_text("".join(f + "\n" for f in bad_files))
             log.warning("skipped %d unreadable image file(s); listed in %s", len(bad_files),
                         self.run_dir / "bad_images.txt")
@@ -251,13 +266,23 @@ class Trainer:
         self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), run.names["optim"], run.optim)
         self.scheduler = build_scheduler(self.optimizer, run.names["scheduler"], t.max_steps, run.scheduler)
         apply_speed_settings(self.model, t.compile, t.compile_mode, t.reuse_cpu_memory, self.device)
+        # What the method calls: under torchrun the DDP wrapper (its gradients are averaged over ranks);
+        # self.model stays the plain backbone for the EMA, evaluation and checkpoints.
+        self.train_model = self.model
+        if is_distributed():
+            self.train_model = wrap(self.model, self.device, uses_sync_batchnorm(t.sync_batchnorm, self.device),
+                                    find_unused_parameters=not self.method.trains_classifier
+                                    or bool(run.backbone.freeze_features))
+        else:
+            uses_sync_batchnorm(t.sync_batchnorm, self.device)  # refuses sync_batchnorm=true on the CPU
         self.normalizer = Normalizer(self.mean, self.std).to(self.device)
         # Mirrored images are wrong for some data (digits): the data set's allow_flip overrides every view.
         augment = replace(run.augmentation, flip=run.augmentation.flip and run.dataset.allow_flip)
         self.batches = BatchBuilder(self.data, self.method.labeled_views, self.method.unlabeled_views,
                                     t.batch_size, t.batch_size * self.method.unlabeled_ratio, Augmenter(augment),
                                     self.normalizer, run.seed, t.channels_last,
-                                    needs_unlabeled_for=f"method={run.names['method']}")
+                                    needs_unlabeled_for=f"method={run.names['method']}",
+                                    shard=(rank(), world_size()) if is_distributed() else (0, 1))
         self.step = 0
         self.elapsed = 0.0
         self.best: dict = {}
@@ -327,7 +352,7 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Rows logged after the checkpoint we resume from will be logged again; drop them."""
-        if not self.metrics_path.exists():
+        if not is_main() or not self.metrics_path.exists():
             return
         rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
         keep = [r for r in rows if json.loads(r)["step"] <= step]
@@ -337,6 +362,8 @@ class Trainer:
             os.replace(tmp, self.metrics_path)
 
     def save(self, name: str) -> None:
+        if not is_main():  # every rank holds the same state; rank 0 writes it
+            return
         save_checkpoint(self.state_dict(), self.run_dir / name)
 
     # -- training ------------------------------------------------------------------------------
@@ -353,8 +380,8 @@ class Trainer:
         for micro in range(step * accumulation, (step + 1) * accumulation):
             batch = self.batches(micro)
             with self.autocast():
-                out = self.method.training_step(self.model, batch, step)
-            if self.health.skip_nonfinite and not torch.isfinite(out.loss).item():  # costs a sync; opt-in
+                out = self.method.training_step(self.train_model, batch, step)
+            if self.health.skip_nonfinite and any_rank(not torch.isfinite(out.loss).item()):  # costs a sync; opt-in
                 self.health.skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
@@ -364,6 +391,7 @@ class Trainer:
             loss = loss + out.loss.detach() / accumulation
             metrics = out.metrics if accumulation == 1 else _average_into(metrics, out.metrics, accumulation)
             outputs.append(out)
+        average_gradients(self.method.parameters())  # the method's own heads, as DDP does for the backbone
         self.optimizer.step()
         self.scheduler.step()
         self.method.after_step(self.model, step, outputs)
@@ -383,6 +411,7 @@ class Trainer:
         bank_labels = d.labels[d.labeled]
         if not self.method.trains_classifier:
             fit_linear_probe(model.classifier, bank, bank_labels)
+            broadcast_module(model.classifier)  # every rank keeps rank 0's probe (BatchNorm buffers may differ)
             if model is not self.model:  # keep the trained model's classifier in step (checkpoints, fine-tuning)
                 self.model.classifier.load_state_dict(model.classifier.state_dict())
         results = {}
@@ -405,7 +434,8 @@ class Trainer:
         self.model.train()
         self.method.train()
         status, results = "completed", None
-        progress = TrainingProgress(max_steps, enabled=t.progress_bar, show_ssl=bool(self.method.unlabeled_views))
+        self.stop_signal: Optional[str] = None
+        progress = TrainingProgress(max_steps, enabled=t.progress_bar if is_main() else False, show_ssl=bool(self.method.unlabeled_views))
         started = time.perf_counter() - self.elapsed
         with progress, StopSignals() as signals:
             progress.update(self.step, {})
@@ -414,7 +444,8 @@ class Trainer:
                 running.add(metrics)
                 self.step += 1
                 every = lambda n: self.step % n == 0 or self.step == max_steps  # noqa: E731
-                stopping = signals.received is not None or self.step >= stop_at
+                # A signal on any rank stops every rank after the same step (a CPU message under torchrun).
+                stopping = any_rank(signals.received is not None) or self.step >= stop_at
                 if (every(t.log_every) or every(t.eval_every) or every(t.checkpoint_every) or stopping) \
                         and self.health.diverged_at() is not None:
                     # Nothing after the bad step is evaluated or saved: last.pt stays the last good state.
@@ -434,7 +465,10 @@ class Trainer:
                     self.save(LAST)
                 if stopping and self.step < max_steps:
                     status = "interrupted"
-                    why = f"received {signals.received}" if signals.received else "trainer.stop_at_step"
+                    if self.step < stop_at:  # a signal, here or on another rank
+                        self.stop_signal = signals.received or "SIGTERM"
+                    why = (f"received {signals.received}" if signals.received else
+                           "another rank received a signal" if self.step < stop_at else "trainer.stop_at_step")
                     log.info("stopped at step %d of %d (%s); continue with resume=%s",
                              self.step, max_steps, why, self.run_dir)
                     break
@@ -451,8 +485,9 @@ class Trainer:
             row[f"{split}/accuracy"] = m["accuracy"]
             row[f"{split}/macro_f1"] = m["macro_f1"]
             row[f"{split}/knn_accuracy"] = m["knn_accuracy"]
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if is_main():
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
         # Model selection uses the validation split only; without one, the latest evaluation is kept.
         selected_by = "val/accuracy" if "val" in results else "latest"
         score = results["val"]["accuracy"] if "val" in results else float(self.step)
@@ -481,14 +516,18 @@ class Trainer:
         log.error(message)
         summary = self._summary("diverged", results)
         summary.update(error=message, diverged_at_step=bad)
-        write_summary(self.run_dir, summary)
+        if is_main():
+            write_summary(self.run_dir, summary)
         raise UserError(message)
 
     def _finish(self, status: str, results: Dict[str, dict]) -> dict:
-        write_json(self.run_dir / "confusion_matrix.json",
-                   {"class_names": self.data_cpu.class_names, "matrix": results["test"]["confusion_matrix"]})
         summary = self._summary(status, results)
-        write_summary(self.run_dir, summary)
+        if status == "interrupted" and self.stop_signal:
+            summary["signal"] = self.stop_signal  # ssl-train then exits 128 + the signal's number
+        if is_main():
+            write_json(self.run_dir / "confusion_matrix.json",
+                       {"class_names": self.data_cpu.class_names, "matrix": results["test"]["confusion_matrix"]})
+            write_summary(self.run_dir, summary)
         return summary
 
     def _summary(self, status: str, results: Optional[Dict[str, dict]]) -> dict:

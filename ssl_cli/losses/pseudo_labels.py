@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ssl_cli.core.distributed import all_gather
+
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Softmax of detached logits in float32: pseudo-labels are targets, no gradient flows into them.
@@ -134,6 +136,7 @@ class DistributionAlignment(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
+        probs = all_gather(probs)  # under torchrun: the mean over the whole global batch, as in one process
         self.model_probs.mul_(self.momentum).add_((1 - self.momentum) * probs.mean(dim=0))
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_cli.core.distributed import all_gather_with_grad, is_distributed, rank
+
 
 def _float32(like: torch.Tensor):
     """Autocast off on `like`'s device type: the matmuls inside run in the inputs' float32."""
@@ -29,10 +31,27 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     n = z1.shape[0]
+    if is_distributed():
+        return _nt_xent_global(z, n, temperature)
     with _float32(z):
         logits = z @ z.t() / temperature
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     return F.cross_entropy(logits, _positives(n, z.device))
+
+
+def _nt_xent_global(z: torch.Tensor, n: int, temperature: float) -> torch.Tensor:
+    """NT-Xent of this rank's 2n anchors against the embeddings of every rank (the whole global batch).
+
+    Each rank holds [view 1; view 2] of its n images; gathered in rank order, this rank's rows start at
+    rank * 2n. DDP averages the ranks' losses' gradients, which is the loss over all global anchors.
+    """
+    everyone = all_gather_with_grad(z)
+    offset = rank() * 2 * n
+    with _float32(z):
+        logits = z @ everyone.t() / temperature
+    own = torch.arange(2 * n, device=z.device)
+    logits[own, offset + own] = float("-inf")
+    return F.cross_entropy(logits, offset + _positives(n, z.device))
 
 
 def contrastive_accuracy(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
