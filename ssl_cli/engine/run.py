@@ -62,7 +62,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None) -> dict:
 
 
 def run_stage(run: RunConfig, run_dir: Path, choices: Optional[dict], resume_state: Optional[dict]) -> dict:
-    trainer = Trainer(run, run_dir, choices)
+    trainer = Trainer(run, run_dir, choices, resuming=resume_state is not None)
     if resume_state is not None:
         check_fits(resume_state.get("model_card"), trainer.shape(), run.resume)
         trainer.load_state_dict(resume_state)
