@@ -23,8 +23,10 @@ import torchvision
 from conftest import assert_one_line_error, run_cli
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.resize import resize_images
+from ssl_cli.engine.checkpoint import upgrade_config
 from ssl_cli.engine.model_io import load_model
-from ssl_cli.models import build_backbone
+from ssl_cli.engine.optim import OPTIMIZERS, build_optimizer
+from ssl_cli.models import BACKBONES, build_backbone
 from ssl_cli.models.pretrained import PretrainedOptions
 
 TINY_VIT = {"depth": 2, "embed_dim": 48, "num_heads": 2, "patch_size": 8}
@@ -99,6 +101,7 @@ def test_grey_images_adapt_the_first_convolution_and_the_normalisation(tmp_path)
     assert timm_model.normalization == ([0.5] * 3, [0.25] * 3)  # the user's values win over the model's
 
 
+@pytest.mark.slow
 def test_fixmatch_from_a_weights_file_resumes_exactly_and_predicts_without_the_file(tmp_path):
     weights = tmp_path / "resnet10t.safetensors"
     save_weights(weights, "timm", "resnet10t", {})
@@ -187,3 +190,35 @@ def test_layer_ids_order_the_parameters_from_stem_to_classifier():
     names = [n for n, _ in model.named_parameters()]
     assert set(ids) == set(names)
     assert ids[names[0]] == 0 and ids["classifier.weight"] == max(ids.values())
+
+
+def test_layer_decay_and_backbone_scale_set_each_parameter_group_rate():
+    model = build_backbone("timm", PretrainedOptions(model_name="resnet10t"), 3, 2, (SIZE, SIZE))
+    options = OPTIMIZERS.options("adamw")(lr=1e-3, layer_decay=0.5, backbone_lr_scale=0.1)
+    optimizer = build_optimizer(model, "adamw", options, backbone=model)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    ids = model.layer_ids()
+    deepest = max(ids.values())
+    for name, p in model.named_parameters():
+        expected = 1e-3 if name.startswith("classifier.") else 1e-3 * 0.1 * 0.5 ** (deepest - ids[name])
+        assert rate[id(p)] == pytest.approx(expected), name
+    plain = build_optimizer(model, "adamw", OPTIMIZERS.options("adamw")(lr=1e-3), backbone=model)
+    assert len(plain.param_groups) == 2  # no scales: the two groups of every earlier run
+    cnn = build_backbone("cnn", BACKBONES.options("cnn")(), 3, 2, (SIZE, SIZE))
+    with pytest.raises(UserError, match="optim.layer_decay=0.5 needs a backbone that knows its layers"):
+        build_optimizer(cnn, "adamw", options, backbone=cnn)
+
+
+def test_a_run_saved_before_the_new_options_still_resumes(tmp_path):
+    """A checkpoint whose saved config lacks options added since (here optim.layer_decay) resumes on their
+    defaults; and a library backbone's boolean `pretrained` is not mistaken for format 1's init path."""
+    args = RUN[:-1] + ["trainer.max_steps=2", "trainer.stop_at_step=1", "trainer.checkpoint_every=1"]
+    code, _, err = run_cli(args + ["hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    del state["config"]["optim"]["layer_decay"], state["config"]["optim"]["backbone_lr_scale"]
+    torch.save(state, tmp_path / "run" / "last.pt")
+    code, _, err = run_cli(["resume=run"], tmp_path)
+    assert code == 0, err
+    assert upgrade_config({"backbone": {"name": "timm", "init_from": None, "pretrained": False}})["backbone"] == \
+        {"name": "timm", "init_from": None, "pretrained": False}

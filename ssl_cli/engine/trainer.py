@@ -238,7 +238,8 @@ class Trainer:
         self.method = METHODS.get(run.names["method"])(run.method, self.data.info(), t.max_steps)
         self.method.setup(self.model, self.ema)
         self.method.to(self.device)
-        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), run.names["optim"], run.optim)
+        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), run.names["optim"], run.optim,
+                                         backbone=self.model)
         self.scheduler = build_scheduler(self.optimizer, run.names["scheduler"], t.max_steps, run.scheduler)
         apply_speed_settings(self.model, t.compile, t.compile_mode, t.reuse_cpu_memory, self.device)
         self.normalizer = Normalizer(self.mean, self.std).to(self.device)
