@@ -183,7 +183,7 @@ def test_config_defaults_are_valid_options(name):
     assert node.pop("name") == name
     assert set(node) == set(names(BACKBONES.options(name)))
     options = from_config(BACKBONES.options(name), node, f"backbone={name}")
-    assert set(options.architecture()) == set(node) - set(LOADING_KEYS)
+    assert set(options.architecture()) == set(node) - set(BACKBONES.options(name).LOADING_KEYS)
     with torch.device("meta"):
         build_with_options(name, options, 3, 10, (32, 32))
 

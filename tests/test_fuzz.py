@@ -127,6 +127,7 @@ FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudo
 FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
                               ("method=adamatch",), ("method=uda",))
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
+TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 
 # Valid by construction, and small: every combination of the combinable ones is still valid (for example
 # num_labels + num_validation <= 20 <= num_train, and num_labels >= num_classes).
@@ -147,6 +148,13 @@ VALID: List[Case] = [
     Case("backbone.batch_norm", BOOL),
     Case("backbone.dropout", floats(0.0, 0.9)),
     Case("backbone.freeze_features", one_of("false")),
+    Case("backbone.model_name", one_of("resnet10t", "mobilenetv3_small_050"), context=("backbone=timm",),
+         combine=False),
+    Case("backbone.pretrained", one_of("false"), context=TIMM, combine=False),
+    Case("backbone.image_size", ints(8, 16), context=TIMM, combine=False),
+    Case("backbone.mean", one_of("[0.5]", "[0.4,0.5,0.5]", "null"), context=(*TIMM, "backbone.std=[0.25]"),
+         combine=False),
+    Case("backbone.std", one_of("[0.5]", "[0.2,0.3,0.25]"), context=(*TIMM, "backbone.mean=[0.5]"), combine=False),
     Case("augmentation.weak", one_of("none", "flip_translate", "classic")),
     Case("augmentation.strong", one_of("none", "randaugment", "classic")),
     Case("augmentation.flip", BOOL),
@@ -320,6 +328,12 @@ INVALID: List[Case] = [
     Case("trainer.channels_last", NOT_A_BOOL),
     Case("trainer.reuse_cpu_memory", NOT_A_BOOL),
     Case("backbone.freeze_features", NOT_A_BOOL),
+    Case("backbone.model_name", one_of("no_such_net", "resnet_999", "1", "[a]"), context=("backbone=timm",)),
+    Case("backbone.model_name", one_of("no_such_net", "resnet_999"), context=("backbone=torchvision",)),
+    Case("backbone.pretrained", NOT_A_BOOL, context=TIMM),
+    Case("backbone.image_size", st.one_of(ints(-10, 7), one_of("2000", "1.5"), NOT_A_NUMBER), context=TIMM),
+    Case("backbone.mean", one_of("[2]", "[0.1,0.2]", "[-0.5]", "abc", "0.5"), context=(*TIMM, "backbone.std=[0.25]")),
+    Case("backbone.std", one_of("[0]", "[-1]", "[0.1,0.2]", "abc"), context=(*TIMM, "backbone.mean=[0.5]")),
     Case("trainer.deterministic", NOT_A_BOOL),
     Case("trainer.nonfinite", st.one_of(one_of("ignore", "warn", "raise"), NOT_A_NAME)),
     Case("trainer.progress_bar", one_of("sometimes", "abc", "2", "[true]")),
@@ -346,6 +360,8 @@ NOT_FUZZED = {
     "dataset.labeled_indices": "paths: see PATHS",
     "dataset.selection_features": "paths: see PATHS (a real feature run: tests/test_selection.py)",
     INIT_FROM: "paths: see PATHS (and null in VALID)",
+    "backbone.weights": "a weights file: tests/test_pretrained.py (a missing file, wrong weights, a bad suffix)",
+    "backbone.model_args": "constructor arguments of a library model: tests/test_pretrained.py",
     "method.pretrain_options": "mappings merged over another method's options: tests/test_selfsup.py",
     "method.finetune_options": "as above",
     "method.pretrain_optim": "as above (and REGRESSIONS below)",
@@ -375,7 +391,8 @@ def known_keys(*overrides: str) -> set:
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
                                                   "method=adamatch", "method=uda",
-                                                  "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2")))
+                                                  "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
+                                                  "backbone=timm")))
 CONFIGS = REPO / "configs"
 GROUPS = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug")
 GROUP_OPTIONS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in GROUPS}

@@ -91,7 +91,8 @@ def upgrade(state: dict, path) -> dict:
 def upgrade_config(config: dict) -> dict:
     """A format-1 run config in today's keys: backbone.pretrained is now backbone.init_from."""
     backbone = config.get("backbone")
-    if not isinstance(backbone, dict) or "pretrained" not in backbone:
+    # Today's library backbones have a boolean `pretrained` next to init_from: only format 1 lacks init_from.
+    if not isinstance(backbone, dict) or "pretrained" not in backbone or "init_from" in backbone:
         return config
     return {**config, "backbone": {("init_from" if k == "pretrained" else k): v for k, v in backbone.items()}}
 

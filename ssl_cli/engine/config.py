@@ -105,6 +105,20 @@ SINGLE_GROUPS = {"augmentation": AugmentOptions, "trainer": TrainerOptions}
 GROUPS: Tuple[str, ...] = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer")
 
 
+def with_new_options(config: dict) -> dict:
+    """A saved run config with the options added since it was written, at their defaults (so an older
+    run resumes). Keys it has are kept as saved; unknown group names are left to check_config."""
+    out = dict(config)
+    for group, registry in NAMED_GROUPS.items():
+        node = out.get(group)
+        if isinstance(node, dict) and isinstance(node.get("name"), str) and node["name"] in registry:
+            out[group] = {**defaults(registry.options(node["name"])), **node}
+    for group, cls in SINGLE_GROUPS.items():
+        if isinstance(out.get(group), dict):
+            out[group] = {**defaults(cls), **out[group]}
+    return out
+
+
 @dataclass
 class RunConfig:
     """A checked config: every group's typed options, and the plain config they came from."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +24,12 @@ class OptimOptions(Options):
     lr: float = option(0.03, "learning rate", above=0, high=10)
     weight_decay: float = option(0.0005, "L2 weight decay on conv and linear weights (never on BatchNorm or biases)",
                                  low=0, below=1)
+    backbone_lr_scale: float = option(1.0, "the backbone's learning rate relative to the classifier's and the "
+                                           "method's heads (fine-tuning a pretrained backbone: e.g. 0.1)",
+                                      above=0, high=1)
+    layer_decay: float = option(1.0, "layer-wise learning-rate decay: a layer k levels below the classifier "
+                                     "trains at layer_decay^k times the rate (1: off; for backbones that know "
+                                     "their layers: backbone=timm)", above=0, high=1)
 
 
 @dataclass
@@ -43,26 +49,56 @@ class AdamOptions(OptimOptions):
             raise UserError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {self.betas}")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
-    """Weight decay on conv and linear weights only; none on BatchNorm parameters and biases."""
-    decay, no_decay = [], []
+def lr_scales(backbone: Optional[nn.Module], o: OptimOptions) -> Dict[int, float]:
+    """id(parameter) -> its learning-rate multiplier: backbone_lr_scale and layer_decay on the backbone.
+
+    The classifier and everything outside the backbone (projection heads) train at the base rate.
+    """
+    if backbone is None or (o.backbone_lr_scale == 1 and o.layer_decay == 1):
+        return {}
+    layer_of = backbone.layer_ids() if o.layer_decay != 1 else None
+    if o.layer_decay != 1 and layer_of is None:
+        raise UserError(f"optim.layer_decay={o.layer_decay} needs a backbone that knows its layers "
+                        f"(backbone=timm); this one does not: set optim.layer_decay=1")
+    deepest = max(layer_of.values()) if layer_of else 0
+    scales = {}
+    for name, p in backbone.named_parameters():
+        if name.startswith("classifier."):
+            continue
+        depth_scale = o.layer_decay ** (deepest - layer_of[name]) if layer_of else 1.0
+        scales[id(p)] = o.backbone_lr_scale * depth_scale
+    return scales
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: Optional[float] = None,
+                 scales: Optional[Dict[int, float]] = None) -> List[dict]:
+    """Weight decay on conv and linear weights only; none on BatchNorm parameters and biases. Parameters
+    with a learning-rate scale go into groups of their own (after the two base groups, which always exist,
+    so an optimiser state saved before scales existed still loads)."""
+    scales = scales or {}
+    groups: Dict[Tuple[float, bool], List[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((scales.get(id(p), 1.0), p.ndim > 1), []).append(p)
+    out = []
+    for (scale, decay), params in groups.items():
+        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if lr is not None:  # else the optimiser's lr (without scales)
+            group["lr"] = lr * scale
+        out.append(group)
+    return out
 
 
 @OPTIMIZERS.register("sgd", SGDOptions)
-def sgd(model: nn.Module, o: SGDOptions) -> torch.optim.Optimizer:
+def sgd(groups: List[dict], o: SGDOptions) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, FixMatch's settings."""
-    return torch.optim.SGD(param_groups(model, o.weight_decay), lr=o.lr, momentum=o.momentum,
-                           nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
 
 
 @OPTIMIZERS.register("adam", AdamOptions)
-def adam(model: nn.Module, o: AdamOptions) -> torch.optim.Optimizer:
+def adam(groups: List[dict], o: AdamOptions) -> torch.optim.Optimizer:
     """Adam."""
-    return torch.optim.Adam(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
+    return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
 
 
 @dataclass
@@ -71,13 +107,17 @@ class AdamWOptions(AdamOptions):
 
 
 @OPTIMIZERS.register("adamw", AdamWOptions)
-def adamw(model: nn.Module, o: AdamWOptions) -> torch.optim.Optimizer:
+def adamw(groups: List[dict], o: AdamWOptions) -> torch.optim.Optimizer:
     """AdamW (decoupled weight decay)."""
-    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
-def build_optimizer(model: nn.Module, name: str, options: OptimOptions) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(name)(model, options)
+def build_optimizer(model: nn.Module, name: str, options: OptimOptions, backbone: Optional[nn.Module] = None
+                    ) -> torch.optim.Optimizer:
+    """The optimiser `name` over `model`'s trainable parameters; `backbone` (part of `model`) gets the
+    backbone and layer-wise learning-rate scales."""
+    groups = param_groups(model, options.weight_decay, options.lr, lr_scales(backbone, options))
+    return OPTIMIZERS.get(name)(groups, options)
 
 
 # --------------------------------------------------------------------------- schedules

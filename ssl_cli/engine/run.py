@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine.checkpoint import load_checkpoint, upgrade_config
-from ssl_cli.engine.config import RunConfig, check_config
+from ssl_cli.engine.config import RunConfig, check_config, with_new_options
 from ssl_cli.engine.outputs import LAST, STAGES, SUMMARY, write_json, write_summary
 from ssl_cli.engine.trainer import Trainer, check_fits
 from ssl_cli.methods import METHODS
@@ -37,10 +37,11 @@ def resolve_resume(cfg: DictConfig) -> Tuple[DictConfig, Optional[dict]]:
         return cfg, None
     path = Path(str(cfg.resume)).expanduser()
     if path.is_dir() and not (path / LAST).exists() and (path / STAGES).is_file():
-        saved, state = OmegaConf.create(upgrade_config(json.loads((path / STAGES).read_text())["config"])), None
+        saved = json.loads((path / STAGES).read_text())["config"]
+        saved, state = OmegaConf.create(with_new_options(upgrade_config(saved))), None
     else:
         state = load_checkpoint(path / LAST if path.is_dir() else path)
-        saved = OmegaConf.create(state["config"])
+        saved = OmegaConf.create(with_new_options(state["config"]))
     saved.resume = str(cfg.resume)
     saved.trainer.device = cfg.trainer.device
     saved.trainer.stop_at_step = cfg.trainer.get("stop_at_step")
@@ -62,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path, choices: Optional[dict] = None) -> dict:
 
 
 def run_stage(run: RunConfig, run_dir: Path, choices: Optional[dict], resume_state: Optional[dict]) -> dict:
-    trainer = Trainer(run, run_dir, choices)
+    trainer = Trainer(run, run_dir, choices, resuming=resume_state is not None)
     if resume_state is not None:
         check_fits(resume_state.get("model_card"), trainer.shape(), run.resume)
         trainer.load_state_dict(resume_state)

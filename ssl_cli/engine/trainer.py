@@ -26,6 +26,7 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.core.seeding import seed_everything
 from ssl_cli.data import load_dataset
 from ssl_cli.data.batches import BatchBuilder, training_data
+from ssl_cli.data.resize import image_bytes, resize_data
 from ssl_cli.data.split import SPLIT_FILE, Split, load_split, make_split, save_split
 from ssl_cli.engine.accel import apply_speed_settings
 from ssl_cli.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -228,7 +229,7 @@ def load_init_weights(model: torch.nn.Module, source, shape: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, run_dir: Path, choices: Optional[dict] = None):
+    def __init__(self, run: RunConfig, run_dir: Path, choices: Optional[dict] = None, resuming: bool = False):
         self.run, self.run_dir, self.choices = run, Path(run_dir), dict(choices or {})
         t = self.options = run.trainer
         self.device = device_for_rank(pick_device(t.device))
@@ -241,6 +242,12 @@ class Trainer:
         log.info("precision %s (trainer.precision=%s, %s)", self.precision, t.precision, self.device.type)
 
         self.data_cpu = load_dataset(run.names["dataset"], run.dataset)
+        backbone_size = getattr(run.backbone, "image_size", None)  # library backbones: the size they expect
+        if backbone_size and self.data_cpu.image_size != (backbone_size, backbone_size):
+            self.data_cpu = resize_data(self.data_cpu, (backbone_size, backbone_size))
+        if backbone_size or self.data_cpu.image_size[0] >= 96:  # large images: say what they cost
+            log.info("images at %dx%d take %.2f GB in memory", *self.data_cpu.image_size,
+                     image_bytes(self.data_cpu) / 1e9)
         bad_files = self.data_cpu.notes.get("bad_files") or []
         if bad_files and is_main():  # skipped (dataset.bad_images=skip): say so, and list them with the run
             (self.run_dir / "bad_images.txt").write_text("".join(f + "\n" for f in bad_files))
@@ -248,11 +255,14 @@ class Trainer:
                         self.run_dir / "bad_images.txt")
         self.split = choose_split(run, self.data_cpu, self.run_dir)
         self.data = training_data(self.data_cpu, self.split, self.device)
-        self.mean, self.std = self.data_cpu.channel_stats()
 
-        self.model = build_backbone(run.names["backbone"], run.backbone, self.data_cpu.channels,
+        # A resumed run's checkpoint holds the weights: no weights file or hub download is needed again.
+        backbone_options = run.backbone.without_weight_sources() if resuming else run.backbone
+        self.model = build_backbone(run.names["backbone"], backbone_options, self.data_cpu.channels,
                                     self.data_cpu.num_classes, self.data_cpu.image_size)
-        if run.backbone.init_from:
+        # Pretrained networks expect their own normalisation; the others use the data's statistics.
+        self.mean, self.std = self.model.normalization or self.data_cpu.channel_stats()
+        if backbone_options.init_from:
             load_init_weights(self.model, run.backbone.init_from, self.shape())
         if run.backbone.freeze_features:
             self.model.freeze_features()
@@ -263,7 +273,8 @@ class Trainer:
         self.method = METHODS.get(run.names["method"])(run.method, self.data.info(), t.max_steps)
         self.method.setup(self.model, self.ema)
         self.method.to(self.device)
-        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), run.names["optim"], run.optim)
+        self.optimizer = build_optimizer(torch.nn.ModuleList([self.model, self.method]), run.names["optim"], run.optim,
+                                         backbone=self.model)
         self.scheduler = build_scheduler(self.optimizer, run.names["scheduler"], t.max_steps, run.scheduler)
         apply_speed_settings(self.model, t.compile, t.compile_mode, t.reuse_cpu_memory, self.device)
         # What the method calls: under torchrun the DDP wrapper (its gradients are averaged over ranks);

@@ -16,10 +16,11 @@ channels_last.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torchvision
@@ -48,6 +49,12 @@ class BackboneOptions(Options):
                                           "gradient, BatchNorm keeps its statistics")
 
     LOADING_KEYS = ("init_from", "freeze_features")
+    WEIGHT_SOURCES = ("init_from",)  # where weights come from at the start; a resumed run has them already
+
+    def without_weight_sources(self) -> "BackboneOptions":
+        """These options with nothing to load: what a resumed run builds (its checkpoint holds the weights)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in self.WEIGHT_SOURCES}
+        return dataclasses.replace(self, **defaults)
 
     def architecture(self) -> dict:
         """The options that shape the network (what a checkpoint must match), without the loading keys."""
@@ -59,6 +66,8 @@ class Backbone(nn.Module):
 
     feature_dim: int
     classifier: nn.Linear
+    # (mean, std) per channel the network expects (pretrained weights'); None: the data's own statistics.
+    normalization: Optional[Tuple[List[float], List[float]]] = None
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int]):
         super().__init__()
@@ -73,6 +82,10 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> ModelOutput:
         f = self.features(x)
         return ModelOutput(self.classifier(f), f)
+
+    def layer_ids(self) -> Optional[Dict[str, int]]:
+        """Each parameter's depth (for layer-wise lr decay), or None where the backbone does not know them."""
+        return None
 
     def freeze_features(self) -> None:
         """Trains the classifier only: feature weights get no gradient and BatchNorm keeps its statistics."""

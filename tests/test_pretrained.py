@@ -1,0 +1,224 @@
+"""Library backbones (backbone=timm, backbone=torchvision) with weights from a local file; no network.
+
+Each test saves a small model's random weights to a file (as a downloaded checkpoint would be) and
+starts from it: the loaded weights equal the file's, a wrong file is refused in one line, a FixMatch
+run from the file resumes exactly and predicts through load_model after the file is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+
+import huggingface_hub.constants
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torchvision
+
+from conftest import assert_one_line_error, run_cli
+from ssl_cli.core.errors import UserError
+from ssl_cli.data.resize import resize_images
+from ssl_cli.engine.checkpoint import upgrade_config
+from ssl_cli.engine.model_io import load_model
+from ssl_cli.engine.optim import OPTIMIZERS, build_optimizer
+from ssl_cli.models import BACKBONES, build_backbone
+from ssl_cli.models.pretrained import PretrainedOptions
+
+TINY_VIT = {"depth": 2, "embed_dim": 48, "num_heads": 2, "patch_size": 8}
+# (backbone, model name, constructor arguments, file suffix)
+MODELS = [("timm", "resnet10t", {}, ".safetensors"),
+          ("timm", "mobilenetv3_small_050", {}, ".pth"),
+          ("timm", "vit_tiny_patch16_224", TINY_VIT, ".bin"),
+          ("torchvision", "mobilenet_v3_small", {}, ".pth")]
+IDS = [m[1] for m in MODELS]
+SIZE = 32  # the tiny ViT is built for 32 px images (16 patches)
+
+# Two-class synthetic data at 16 px, resized to the backbone's 32 px; a few FixMatch steps.
+RUN = ["debug=smoke", "method=fixmatch", "method.unlabeled_ratio=1", "trainer.num_threads=1",
+       "trainer.deterministic=true", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.checkpoint_every=2",
+       "trainer.batch_size=4", "trainer.ema_decay=0.9", "dataset.num_classes=2", "dataset.num_train=32",
+       "dataset.num_test=8", "dataset.image_size=16", "dataset.num_labels=8", "dataset.num_validation=0",
+       "optim=adamw", "optim.lr=0.001", f"backbone.image_size={SIZE}"]
+
+
+def save_weights(path: Path, backbone: str, name: str, model_args: dict) -> dict:
+    """Random weights of the full model (ImageNet's 1000-class head, 3 channels) saved as a downloaded file."""
+    torch.manual_seed(0)
+    if backbone == "timm":
+        args = {**model_args, "img_size": SIZE} if model_args else {}
+        net = timm.create_model(name, pretrained=False, **args)
+    else:
+        net = torchvision.models.get_model(name, weights=None)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return state
+
+
+def backbone_args(backbone: str, name: str, model_args: dict, weights: Path) -> list:
+    args = [f"backbone={backbone}", f"backbone.model_name={name}", f"backbone.weights={weights}"]
+    if model_args:
+        args.append("backbone.model_args={" + ", ".join(f"{k}: {v}" for k, v in model_args.items()) + "}")
+    return args
+
+
+@pytest.mark.parametrize("backbone,name,model_args,suffix", MODELS, ids=IDS)
+def test_the_loaded_weights_equal_the_file(backbone, name, model_args, suffix, tmp_path):
+    path = tmp_path / f"{name}{suffix}"
+    saved = save_weights(path, backbone, name, model_args)
+    options = PretrainedOptions(model_name=name, weights=str(path), model_args=model_args)
+    model = build_backbone(backbone, options, 3, 5, (SIZE, SIZE))
+    loaded = {k[len("net."):]: v for k, v in model.state_dict().items() if k.startswith("net.")}
+    head = {"timm": ("head.", "fc.", "classifier."), "torchvision": ("classifier.3.",)}[backbone]
+    expected = {k: v for k, v in saved.items() if not k.startswith(head)}
+    assert set(loaded) >= set(expected) - {"classifier.weight", "classifier.bias"}
+    for key, value in expected.items():
+        if key in loaded:
+            assert torch.equal(loaded[key], value), key
+    fresh = build_backbone(backbone, PretrainedOptions(model_name=name, model_args=model_args), 3, 5, (SIZE, SIZE))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    assert out.logits.shape == (2, 5) and out.features.shape == (2, model.feature_dim)
+
+
+def test_grey_images_adapt_the_first_convolution_and_the_normalisation(tmp_path):
+    path = tmp_path / "w.pth"
+    save_weights(path, "torchvision", "mobilenet_v3_small", {})
+    model = build_backbone("torchvision", PretrainedOptions(model_name="mobilenet_v3_small", weights=str(path)),
+                           1, 3, (SIZE, SIZE))
+    assert model(torch.randn(2, 1, SIZE, SIZE)).logits.shape == (2, 3)
+    mean, std = model.normalization
+    assert len(mean) == 1 and mean[0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
+    timm_model = build_backbone("timm", PretrainedOptions(model_name="resnet10t", mean=[0.5], std=[0.25]),
+                                3, 3, (SIZE, SIZE))
+    assert timm_model.normalization == ([0.5] * 3, [0.25] * 3)  # the user's values win over the model's
+
+
+@pytest.mark.slow
+def test_fixmatch_from_a_weights_file_resumes_exactly_and_predicts_without_the_file(tmp_path):
+    weights = tmp_path / "resnet10t.safetensors"
+    save_weights(weights, "timm", "resnet10t", {})
+    args = RUN + backbone_args("timm", "resnet10t", {}, weights)
+    code, _, err = run_cli(args + ["hydra.run.dir=full"], tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(args + ["trainer.stop_at_step=2", "hydra.run.dir=part"], tmp_path)
+    assert code == 0, err
+    weights.unlink()  # the run's checkpoint is self-contained: resuming and predicting need no weights file
+    code, _, err = run_cli(["resume=part"], tmp_path)
+    assert code == 0, err
+
+    def rows(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]
+
+    assert rows("full") == rows("part")
+    full, part = torch.load(tmp_path / "full" / "last.pt", weights_only=True), \
+        torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
+    card = full["model_card"]
+    assert card["image_size"] == [SIZE, SIZE] and card["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert "weights" not in card["backbone_options"]
+
+    model = load_model(tmp_path / "full")
+    assert model.image_size == (SIZE, SIZE)
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    probs = model.probabilities(resize_images(images, (SIZE, SIZE)))
+    assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,name,model_args,suffix", MODELS[2:], ids=IDS[2:])
+def test_fixmatch_trains_from_a_vit_and_a_torchvision_file(backbone, name, model_args, suffix, tmp_path):
+    weights = tmp_path / f"{name}{suffix}"
+    save_weights(weights, backbone, name, model_args)
+    code, _, err = run_cli(RUN + ["trainer.max_steps=2"] + backbone_args(backbone, name, model_args, weights)
+                           + ["hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    assert load_model(tmp_path / "run").card["backbone"] == backbone
+
+
+@pytest.mark.parametrize("backbone,file_of,name", [("timm", "resnet10t", "mobilenetv3_small_050"),
+                                                   ("torchvision", "mobilenet_v3_small", "resnet18")])
+def test_weights_of_another_model_give_one_line_naming_the_keys(backbone, file_of, name, tmp_path):
+    weights = tmp_path / "other.pth"
+    save_weights(weights, backbone, file_of, {})
+    code, _, err = run_cli(RUN + backbone_args(backbone, name, {}, weights) + ["hydra.run.dir=run"], tmp_path)
+    line = assert_one_line_error(code, err, "backbone.weights do not fit model", name)
+    assert "missing" in line or "unexpected" in line or "wrong shape" in line
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["backbone.weights=nowhere/w.pth"], "no such file"),
+    (["backbone.weights=w.txt"], "must be a state dict file ending in"),
+    (["backbone.weights=w.pth", "backbone.pretrained=true"], "not both"),
+    (["backbone.model_name=no_such_net"], "is not a timm model"),
+    (["backbone.mean=[0.5]"], "backbone.mean and backbone.std together"),
+])
+def test_bad_weight_options_give_one_line(extra, fragment, tmp_path):
+    code, _, err = run_cli(RUN + ["backbone=timm", "backbone.model_name=resnet10t", *extra, "hydra.run.dir=run"],
+                           tmp_path)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_pretrained_without_network_or_cache_says_how_to_place_a_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(UserError, match="backbone.weights=") as e:
+        build_backbone("timm", PretrainedOptions(model_name="resnet10t", pretrained=True), 3, 2, (SIZE, SIZE))
+    assert "\n" not in str(e.value)
+
+
+def test_resize_images_scales_the_shorter_side_and_crops_the_centre():
+    images = torch.zeros(2, 3, 20, 40, dtype=torch.uint8)
+    images[:, :, :, 10:30] = 255  # a white centre band, half the width
+    out = resize_images(images, (10, 10))
+    assert out.shape == (2, 3, 10, 10) and out.dtype == torch.uint8
+    assert out[:, :, :, 2:8].min() == 255  # the crop kept the centre band ...
+    assert out[:, :, :, 0].max() < 255  # ... and its edges
+
+
+def test_layer_ids_order_the_parameters_from_stem_to_classifier():
+    model = build_backbone("timm", PretrainedOptions(model_name="resnet10t"), 3, 2, (SIZE, SIZE))
+    ids = model.layer_ids()
+    names = [n for n, _ in model.named_parameters()]
+    assert set(ids) == set(names)
+    assert ids[names[0]] == 0 and ids["classifier.weight"] == max(ids.values())
+
+
+def test_layer_decay_and_backbone_scale_set_each_parameter_group_rate():
+    model = build_backbone("timm", PretrainedOptions(model_name="resnet10t"), 3, 2, (SIZE, SIZE))
+    options = OPTIMIZERS.options("adamw")(lr=1e-3, layer_decay=0.5, backbone_lr_scale=0.1)
+    optimizer = build_optimizer(model, "adamw", options, backbone=model)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    ids = model.layer_ids()
+    deepest = max(ids.values())
+    for name, p in model.named_parameters():
+        expected = 1e-3 if name.startswith("classifier.") else 1e-3 * 0.1 * 0.5 ** (deepest - ids[name])
+        assert rate[id(p)] == pytest.approx(expected), name
+    plain = build_optimizer(model, "adamw", OPTIMIZERS.options("adamw")(lr=1e-3), backbone=model)
+    assert len(plain.param_groups) == 2  # no scales: the two groups of every earlier run
+    cnn = build_backbone("cnn", BACKBONES.options("cnn")(), 3, 2, (SIZE, SIZE))
+    with pytest.raises(UserError, match="optim.layer_decay=0.5 needs a backbone that knows its layers"):
+        build_optimizer(cnn, "adamw", options, backbone=cnn)
+
+
+def test_a_run_saved_before_the_new_options_still_resumes(tmp_path):
+    """A checkpoint whose saved config lacks options added since (here optim.layer_decay) resumes on their
+    defaults; and a library backbone's boolean `pretrained` is not mistaken for format 1's init path."""
+    args = RUN[:-1] + ["trainer.max_steps=2", "trainer.stop_at_step=1", "trainer.checkpoint_every=1"]
+    code, _, err = run_cli(args + ["hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    del state["config"]["optim"]["layer_decay"], state["config"]["optim"]["backbone_lr_scale"]
+    torch.save(state, tmp_path / "run" / "last.pt")
+    code, _, err = run_cli(["resume=run"], tmp_path)
+    assert code == 0, err
+    assert upgrade_config({"backbone": {"name": "timm", "init_from": None, "pretrained": False}})["backbone"] == \
+        {"name": "timm", "init_from": None, "pretrained": False}
