@@ -10,7 +10,7 @@ differs. `check_config` reads the same declarations: one rule, one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Dict, List, Optional, Tuple, Union
@@ -28,6 +28,7 @@ from ssl_cli.core.options import Options, defaults, from_config, option, show
 from ssl_cli.core.registry import Registry
 from ssl_cli.data import DATASETS, DatasetOptions
 from ssl_cli.engine.accel import COMPILE_MODES
+from ssl_cli.engine.loggers import LOGGERS
 from ssl_cli.engine.optim import OPTIMIZERS, SCHEDULERS, OptimOptions, ScheduleOptions
 from ssl_cli.engine.precision import PRECISIONS
 from ssl_cli.methods import METHODS, MethodOptions
@@ -102,6 +103,7 @@ class RunOptions(Options):
 NAMED_GROUPS: Dict[str, Registry] = {"dataset": DATASETS, "backbone": BACKBONES, "method": METHODS,
                                      "optim": OPTIMIZERS, "scheduler": SCHEDULERS}
 SINGLE_GROUPS = {"augmentation": AugmentOptions, "trainer": TrainerOptions}
+LOGGER_GROUP = "logger"  # a list group: several options at once, each under its own key
 GROUPS: Tuple[str, ...] = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer")
 
 
@@ -134,6 +136,7 @@ class RunConfig:
     optim: OptimOptions
     scheduler: ScheduleOptions
     trainer: TrainerOptions
+    loggers: List[Tuple[str, Options]] = field(default_factory=list)  # logger=[tensorboard,mlflow]: (name, options)
 
     def plain(self) -> dict:
         """The resolved config as plain data (what checkpoints and stages.json keep)."""
@@ -152,6 +155,8 @@ def register_schemas() -> None:
             cs.store(group=f"schema/{group}", name=name, node={"name": name, **defaults(registry.options(name))})
     for group, cls in SINGLE_GROUPS.items():
         cs.store(group="schema", name=group, node=defaults(cls))
+    for name in LOGGERS.names():
+        cs.store(group="schema/logger", name=name, node=defaults(LOGGERS.options(name)))
 
 
 def compose(overrides: List[str], return_hydra_config: bool = False) -> DictConfig:
@@ -205,9 +210,10 @@ def check_config(cfg: DictConfig) -> RunConfig:
             what = "is missing" if value is None else f"must be a config group, got {show(value)}"
             raise UserError(f"{group} {what}; choose one with {group}=<option> ({', '.join(group_options(group))})")
     top = RunOptions.__dataclass_fields__
-    unknown = sorted(k for k in plain if k not in top and k not in GROUPS)
+    unknown = sorted(k for k in plain if k not in top and k not in GROUPS and k != LOGGER_GROUP)
     if unknown:
-        raise UserError(f"unknown key {', '.join(unknown)}; top-level keys: {', '.join(sorted([*top, *GROUPS]))}")
+        raise UserError(f"unknown key {', '.join(unknown)}; top-level keys: "
+                        f"{', '.join(sorted([*top, *GROUPS, LOGGER_GROUP]))}")
     run = from_config(RunOptions, {k: v for k, v in plain.items() if k in top}, "the config")
     names, options = {}, {}
     for group, registry in NAMED_GROUPS.items():
@@ -219,9 +225,25 @@ def check_config(cfg: DictConfig) -> RunConfig:
         options[group] = from_config(registry.options(name), plain[group], f"{group}={name}")
     for group, cls in SINGLE_GROUPS.items():
         options[group] = from_config(cls, plain[group], group)
-    checked = RunConfig(cfg=cfg, seed=run.seed, resume=run.resume, names=names, **options)
+    checked = RunConfig(cfg=cfg, seed=run.seed, resume=run.resume, names=names, **options,
+                        loggers=check_loggers(plain.get(LOGGER_GROUP)))
     _check_stages(checked)
     return checked
+
+
+def check_loggers(node) -> List[Tuple[str, Options]]:
+    """The `logger` group, a list of options each under its own key (logger.tensorboard, logger.mlflow)."""
+    if node is None:
+        return []
+    if not isinstance(node, dict):
+        raise UserError(f"logger must be a list of loggers (logger=[tensorboard,mlflow]), got {show(node)}")
+    out = []
+    for name, values in node.items():
+        if name not in LOGGERS:
+            raise UserError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS.names())} "
+                            f"(logger=[tensorboard,mlflow]) or logger=none")
+        out.append((name, from_config(LOGGERS.options(name), values or {}, f"logger={name}")))
+    return out
 
 
 def _check_stages(run: RunConfig) -> None:

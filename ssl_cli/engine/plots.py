@@ -1,12 +1,11 @@
-"""PNG figures of an evaluation: the confusion matrix as a heat map and the reliability diagram.
-
-matplotlib's file-only backend (Agg): no display is needed, and nothing opens a window.
-"""
+"""The pictures every run writes (matplotlib, file-only Agg backend): training curves and the confusion matrix."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -15,29 +14,129 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 import numpy as np  # noqa: E402
 
 
-def plot_confusion_matrix(matrix, class_names: Sequence[str], path, title: Optional[str] = None) -> Path:
-    """Heat map of a confusion matrix (rows: true class, columns: predicted), counts written in the cells."""
-    m = np.asarray(matrix, dtype=np.int64)
-    n = len(class_names)
-    side = min(max(4.0, 0.45 * n + 2.0), 24.0)
-    fig, ax = plt.subplots(figsize=(side, side))
-    # Colour by the share of each true class, so that rare classes read as clearly as common ones.
-    rows = m.sum(axis=1, keepdims=True)
-    shares = np.divide(m, rows, out=np.zeros(m.shape, dtype=float), where=rows > 0)
-    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+def confusion_figure(matrix, class_names: Sequence[str], title: Optional[str] = None):
+    """The confusion matrix (rows: true class, columns: predicted), each row's share as colour, counts written in."""
+    counts = np.asarray(matrix, dtype=float)
+    n = counts.shape[0]
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = min(max(4.0, 0.55 * n + 2.0), 14.0)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if shares[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), labels=list(class_names), rotation=90 if n > 6 else 0)
-    ax.set_yticks(range(n), labels=list(class_names))
+    names = [str(c) for c in class_names]
+    ax.set_xticks(range(n), names, rotation=45 if max(map(len, names), default=0) > 3 else 0, ha="right"
+                  if max(map(len, names), default=0) > 3 else "center")
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title or "confusion matrix")
+    if n <= 30:  # the counts stay legible up to about 30 classes
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8 if n > 12 else 9,
+                            color="white" if share[i, j] > 0.5 else "black")
+    total = counts.sum()
+    accuracy = np.trace(counts) / total if total else 0.0
+    ax.set_title(f"{title + ': ' if title else ''}accuracy {100 * accuracy:.1f} % on {int(total)} images")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_confusion_matrix(matrix, class_names: Sequence[str], path, title: Optional[str] = None) -> Path:
+    """Writes the confusion matrix (rows: true class) as a PNG at `path`."""
+    fig = confusion_figure(matrix, class_names, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def read_metrics(path) -> List[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(rows: List[dict], key: str):
+    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+# Subplots of curves.png: title, y label, then (metrics.jsonl key, legend label) pairs. A panel without data is left out.
+PANELS = [
+    ("losses", "loss", [("train/loss", "total"), ("train/sup_loss", "supervised"),
+                        ("train/unsup_loss", "unsupervised")]),
+    ("learning rate", "lr", [("lr", "lr")]),
+    ("pseudo-labels", "rate", [("train/mask_rate", "mask rate (confident share)"),
+                               ("train/pseudo_label_acc", "pseudo-label accuracy (of the confident)")]),
+    ("accuracy", "accuracy", [("test/accuracy", "test"), ("val/accuracy", "validation"),
+                              ("test/knn_accuracy", "test, kNN")]),
+]
+
+
+def plot_training_curves(metrics_jsonl_path, path) -> Optional[Path]:
+    """curves.png from metrics.jsonl: losses, learning rate, mask rate and pseudo-label accuracy, accuracies
+    against step. Other training figures of the method (its adaptive statistics) join the losses' panel when
+    they are losses and are otherwise left to TensorBoard. None when there is nothing to plot yet."""
+    rows = read_metrics(metrics_jsonl_path)
+    if not rows:
+        return None
+    keys = {k for r in rows for k in r}
+    panels = []
+    for title, ylabel, lines in PANELS:
+        extra = []
+        if title == "losses":  # a method's own losses (e.g. train/contrastive_loss)
+            named = {k for k, _ in lines}
+            extra = [(k, k[len("train/"):].replace("_", " ")) for k in sorted(keys)
+                     if k.startswith("train/") and k.endswith("loss") and k not in named]
+        present = [(k, label) for k, label in lines + extra if k in keys and _series(rows, k)[0]]
+        if present:
+            panels.append((title, ylabel, present))
+    columns = 2 if len(panels) > 1 else 1
+    grid_rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(6.0 * columns, 3.6 * grid_rows), squeeze=False)
+    for ax, (title, ylabel, lines) in zip(axes.flat, panels):
+        for key, label in lines:
+            steps, values = _series(rows, key)
+            ax.plot(steps, values, marker="o" if len(steps) < 25 else None, markersize=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if title in ("accuracy", "pseudo-labels"):
+            ax.set_ylim(-0.02, 1.02)
+        if title == "losses" and all(v > 0 for k, _ in lines for v in _series(rows, k)[1]):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_mean_std_curves(curves: Dict[str, List[List[tuple]]], path, title: str, ylabel: str = "test accuracy"):
+    """One line per name: the mean over its runs (each a list of (step, value)) at the steps they share,
+    with a ± one standard deviation band."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, runs in sorted(curves.items()):
+        shared = sorted(set.intersection(*(set(s for s, _ in run) for run in runs))) if runs else []
+        if not shared:
+            continue
+        values = np.array([[dict(run)[s] for s in shared] for run in runs], dtype=float)
+        mean, std = values.mean(axis=0), values.std(axis=0)
+        line, = ax.plot(shared, mean, label=f"{name} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(shared, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 

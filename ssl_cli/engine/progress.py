@@ -1,13 +1,29 @@
-"""The rich progress bar. It shares rich's default console with the log handler, so log lines print
-above the bar instead of repeating it; it is off when output is not a terminal (log files, CI)."""
+"""The rich progress bar and the console log handler. On a terminal both share rich's default console,
+so log lines print above the bar instead of repeating it. Off a terminal (`ssl-train ... > log.txt`,
+CI) the bar is off and each log record is one plain, unwrapped line that grep finds whole."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Dict
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+PLAIN_FORMAT = "[%(asctime)s][%(levelname)s] %(message)s"
+
+
+def console_handler(datefmt: str = "%H:%M:%S") -> logging.Handler:
+    """The log handler of the console (configs/hydra/job_logging/ssl.yaml): rich's on a terminal; else a plain
+    stream handler, since rich wraps every line at 80 columns when it cannot ask a terminal for its width."""
+    if sys.stdout.isatty():  # rich's default console writes to stdout
+        return RichHandler(show_path=False, show_time=True, markup=False)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(PLAIN_FORMAT, datefmt=datefmt))
+    return handler
 
 
 class TrainingProgress:

@@ -34,8 +34,10 @@ from ssl_cli.engine.config import RunConfig
 from ssl_cli.engine.distributed import (any_rank, average_gradients, broadcast_module, device_for_rank,
                                         uses_sync_batchnorm, wrap)
 from ssl_cli.engine.evaluation import classification_metrics, classify, embed, fit_linear_probe, knn_predict
+from ssl_cli.engine.loggers import Evaluation, build_loggers
 from ssl_cli.engine.optim import build_optimizer, build_scheduler
 from ssl_cli.engine.outputs import BEST, LAST, METRICS, write_json, write_summary
+from ssl_cli.engine.plots import plot_confusion_matrix, plot_training_curves
 from ssl_cli.engine.precision import autocast, resolve_precision
 from ssl_cli.engine.progress import TrainingProgress
 from ssl_cli.engine.selection import selected_split
@@ -302,6 +304,8 @@ class Trainer:
         self.last_eval: Dict[str, float] = {}  # shown on the progress bar until the next evaluation
         self.health = LossHealth(self.device, skip_nonfinite=t.nonfinite == "skip")
         self.metrics_path = self.run_dir / METRICS
+        # logger=[tensorboard,mlflow]; none by default; only rank 0 logs
+        self.loggers = build_loggers(run.loggers if is_main() else [])
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -439,15 +443,22 @@ class Trainer:
 
     def fit(self) -> dict:
         t = self.options
-        max_steps = t.max_steps
-        stop_at = t.stop_at_step or max_steps
-        running = self.running
+        stop_at = t.stop_at_step or t.max_steps
         self.model.train()
         self.method.train()
+        progress = TrainingProgress(t.max_steps, enabled=t.progress_bar and is_main(), show_ssl=bool(self.method.unlabeled_views))
+        self.views_logged = self.step > 0  # the augmented views go to the loggers at the first evaluation only
+        try:
+            self.loggers.start(self.run.plain(), self.choices, self.run_dir, self.step)
+            started = time.perf_counter() - self.elapsed
+            return self._fit(progress, started, stop_at)
+        finally:
+            self.loggers.close()
+
+    def _fit(self, progress: TrainingProgress, started: float, stop_at: int) -> dict:
+        t, running, max_steps = self.options, self.running, self.options.max_steps
         status, results = "completed", None
         self.stop_signal: Optional[str] = None
-        progress = TrainingProgress(max_steps, enabled=t.progress_bar if is_main() else False, show_ssl=bool(self.method.unlabeled_views))
-        started = time.perf_counter() - self.elapsed
         with progress, StopSignals() as signals:
             progress.update(self.step, {})
             while self.step < max_steps:
@@ -463,8 +474,10 @@ class Trainer:
                     self.elapsed = time.perf_counter() - started
                     return self._diverged(results)
                 if every(t.log_every):
-                    progress.update(self.step, {**running.compute(), "lr": self.scheduler.get_last_lr()[0],
-                                                **self.last_eval})
+                    train, lr = running.compute(), self.scheduler.get_last_lr()[0]
+                    progress.update(self.step, {**train, "lr": lr, **self.last_eval})
+                    if not every(t.eval_every):  # an evaluation step logs the same figures with its own
+                        self.loggers.log_scalars(self.step, {"lr": lr, **{f"train/{k}": v for k, v in train.items()}})
                 if every(t.eval_every):
                     self.elapsed = time.perf_counter() - started
                     results = self.evaluate()
@@ -499,6 +512,11 @@ class Trainer:
         if is_main():
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        self.loggers.log_eval(self.step, Evaluation(
+            scalars={k: v for k, v in row.items() if k not in ("step", "elapsed_s")},
+            confusion=results["test"]["confusion_matrix"], class_names=self.data_cpu.class_names,
+            views=None if self.views_logged else self.view_samples()))
+        self.views_logged = True
         # Model selection uses the validation split only; without one, the latest evaluation is kept.
         selected_by = "val/accuracy" if "val" in results else "latest"
         score = results["val"]["accuracy"] if "val" in results else float(self.step)
@@ -520,6 +538,29 @@ class Trainer:
         parts.append(self.precision)
         log.info(" | ".join(parts))
 
+    def view_samples(self, count: int = 16) -> Optional[Dict[str, torch.Tensor]]:
+        """A few training images through each view the method trains on (uint8), for the loggers to show.
+        Their own generator leaves the training's randomness untouched."""
+        if self.batches.stream is not None:  # streamed from files: no cheap random access here
+            return None
+        d = self.data
+        pool, names = (d.unlabeled, self.method.unlabeled_views) if self.method.unlabeled_views else \
+            (d.labeled, self.method.labeled_views)
+        raw = d.images[pool[:count]]
+        generator = torch.Generator(device=raw.device)
+        out = {"original": raw}
+        for name in names:
+            out[name] = self.batches.augment(name, raw, generator.manual_seed(self.run.seed))
+        return out
+
+    def write_pictures(self, results: Optional[Dict[str, dict]]) -> None:
+        """curves.png from metrics.jsonl and confusion_matrix.png of the last evaluation, into the run directory."""
+        plot_training_curves(self.metrics_path, self.run_dir / "curves.png")
+        if results is not None:
+            title = f"{self.run.names['method']} on {self.run.names['dataset']}, test, step {self.step}"
+            plot_confusion_matrix(results["test"]["confusion_matrix"], self.data_cpu.class_names,
+                                  self.run_dir / "confusion_matrix.png", title=title)
+
     def _diverged(self, results) -> dict:
         bad = self.health.diverged_at()
         message = (f"loss became non-finite at step {bad}; stopped, and {self.run_dir / LAST} keeps the last "
@@ -529,6 +570,7 @@ class Trainer:
         summary.update(error=message, diverged_at_step=bad)
         if is_main():
             write_summary(self.run_dir, summary)
+        self.loggers.finish(summary, self.run_dir)
         raise UserError(message)
 
     def _finish(self, status: str, results: Dict[str, dict]) -> dict:
@@ -539,6 +581,8 @@ class Trainer:
             write_json(self.run_dir / "confusion_matrix.json",
                        {"class_names": self.data_cpu.class_names, "matrix": results["test"]["confusion_matrix"]})
             write_summary(self.run_dir, summary)
+            self.write_pictures(results)
+        self.loggers.finish(summary, self.run_dir)
         return summary
 
     def _summary(self, status: str, results: Optional[Dict[str, dict]]) -> dict:
