@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from conftest import ssl_train
-from ssl_cli.apps.report import labels_needed, main as report_main, make_report
+from ssl_cli.apps.report import labels_needed, main as report_main, make_report, missing_from_sweep
 
 
 def test_labels_needed_interpolates_on_log_axis():
@@ -55,6 +55,14 @@ def test_partial_sweep_names_what_is_missing(tmp_path):
     assert [s["seed"] for s in report.failed] == [1]
     assert [p.name for p in report.pending] == ["still_running"]
     assert "fixmatch / 20 labels / seed 1" in report.missing and "supervised / 20 labels / seed 1" in report.missing
+
+
+def test_a_boolean_override_spelt_as_hydra_saves_it_counts_as_done():
+    # The command line says trainer.progress_bar=false; a sweep job's saved overrides can say False.
+    expected = [["method=fixmatch", "seed=0", "trainer.progress_bar=false"],
+                ["method=fixmatch", "seed=1", "trainer.progress_bar=false"]]
+    done = [{"status": "completed", "_overrides": ["method=fixmatch", "seed=0", "trainer.progress_bar=False"]}]
+    assert missing_from_sweep(expected, done) == ["seed=1"]
 
 
 @pytest.mark.slow

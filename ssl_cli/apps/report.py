@@ -253,12 +253,19 @@ def grid_jobs(overrides) -> List[List[str]]:
 
 def missing_from_sweep(expected: List[List[str]], summaries: List[dict]) -> List[str]:
     """The sweep's jobs with no completed run, named by their swept overrides."""
-    done = {frozenset(s["_overrides"]) for s in summaries
+    done = {frozenset(map(_canonical_override, s["_overrides"])) for s in summaries
             if s.get("status") == "completed" and s.get("_overrides") is not None}
     keys = [_override_key(o) for o in expected[0]] if expected else []
     swept = {k for i, k in enumerate(keys) if len({job[i] for job in expected}) > 1}
     return [" ".join(o for o in job if _override_key(o) in swept) or " ".join(job)
-            for job in expected if frozenset(job) not in done]
+            for job in expected if frozenset(map(_canonical_override, job)) not in done]
+
+
+def _canonical_override(override: str) -> str:
+    """`key=value` with booleans in one spelling: the command line says `false`, while a job's saved
+    overrides can say `False` (Hydra writes a sweep job's values back from the parsed Python value)."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{value.lower()}" if value.lower() in ("true", "false") else override
 
 
 # --------------------------------------------------------------------------- labels needed
