@@ -104,6 +104,7 @@ def test_export_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, cap
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
     assert sidecar["class_names"] == list(CLASSES) and sidecar["input"]["dtype"] == "uint8"
     assert sidecar["input"]["image_size"] == [12, 12] and sidecar["self_check"]["max_abs_diff"] < 1e-4
+    assert sidecar["opset"] >= 18 and sidecar["mean"] == load_model(run).card["mean"]
     assert sidecar["run_test_accuracy"] == json.loads((run / "summary.json").read_text())["final"]["test/accuracy"]
 
     model = load_model(run)
@@ -186,6 +187,16 @@ def test_bad_inputs_are_one_line_and_write_nothing(trained, tmp_path, capsys, mo
         export_app.main([str(run), "--format", "tflite"])
     assert exit_info.value.code == 2
     one_line_error(capsys, "ssl-export", "invalid choice: 'tflite'", "onnx", "torchscript")
+
+    def broken_exporter(*args):
+        raise RuntimeError("no translation for aten::something\nmore detail")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_app, "export_onnx", broken_exporter)
+        assert export_app.main([str(run), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
+    one_line_error(capsys, "ssl-export", "could not export backbone cnn as onnx", "aten::something",
+                   "try --format torchscript")
+    assert sorted(p.name for p in tmp_path.iterdir() if "m." in p.name) == []
 
     real_import = inference.importlib.import_module
 

@@ -77,19 +77,30 @@ def export(args) -> int:
     expected = model.probabilities(images).cpu()
     model = model.cpu()
     tmp = output.with_name(f".{output.stem}.tmp{output.suffix}")
-    if args.format == "onnx":
-        export_onnx(model, tmp, args.opset)
-        got = onnxruntime_probabilities(tmp, images)
-    else:
-        export_torchscript(model, tmp)
-        got = torchscript_probabilities(tmp, images)
+    opset = None
+    try:
+        if args.format == "onnx":
+            opset = export_onnx(model, tmp, args.opset)
+            got = onnxruntime_probabilities(tmp, images)
+        else:
+            export_torchscript(model, tmp)
+            got = torchscript_probabilities(tmp, images)
+    except UserError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # an operator the exporter cannot translate, an opset it does not support, ...
+        tmp.unlink(missing_ok=True)
+        other = "torchscript" if args.format == "onnx" else "onnx"
+        raise UserError(f"could not export backbone {model.card.get('backbone')} as {args.format} "
+                        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); try --format {other}"
+                        + (" or another --opset" if args.format == "onnx" else "")) from None
     max_diff = float((got - expected).abs().max()) if len(images) else 0.0
     os.replace(tmp, output)
     summary = run_summary(model) or {}
     h, w = model.image_size
     meta = {
         "format": args.format, "file": output.name,
-        "opset": args.opset if args.format == "onnx" else None,
+        "opset": opset,
         "class_names": model.class_names,
         "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["N", model.channels, h, w],
                   "channels": model.channels, "image_size": [h, w], "range": [0, 255]},

@@ -186,9 +186,10 @@ def require_module(name: str, extra: str, what: str):
                         f"pip install 'ssl-cli[{extra}]'") from None
 
 
-def export_onnx(model: TrainedModel, path: Path, opset: int) -> None:
-    """ONNX with a dynamic batch axis, by the current (dynamo) exporter; one self-contained file."""
-    require_module("onnx", "export", "--format onnx")
+def export_onnx(model: TrainedModel, path: Path, opset: int) -> int:
+    """ONNX with a dynamic batch axis, by the current (dynamo) exporter; one self-contained file.
+    Returns the opset the file declares (the exporter may raise a lower request to its own minimum)."""
+    onnx = require_module("onnx", "export", "--format onnx")
     require_module("onnxscript", "export", "--format onnx (the dynamo exporter)")
     module = UInt8Classifier(model).cpu().eval()
     example = torch.zeros(2, model.channels, *model.image_size, dtype=torch.uint8)
@@ -198,6 +199,7 @@ def export_onnx(model: TrainedModel, path: Path, opset: int) -> None:
                                     output_names=["probabilities"], dynamic_shapes={"images": {0: batch}},
                                     opset_version=opset, verbose=False)
     program.save(str(path), external_data=False)
+    return max(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
 
 
 def export_torchscript(model: TrainedModel, path: Path) -> None:
