@@ -44,6 +44,11 @@ def _dataset_overrides(option, tmp_path):
     if option in ("imagefolder", "cifar10", "cifar100"):
         root = write_image_folder(tmp_path / option, classes=("a", "b", "c", "d"), per_class=6, size=8)
         return [f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.num_labels=8"]
+    if option == "csv":
+        root = write_image_folder(tmp_path / option, classes=("a", "b", "c", "d"), per_class=6, size=8)
+        rows = [f"{f.relative_to(root)},{f.parent.name}" for f in sorted(root.rglob("*.png"))]
+        (root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+        return [f"dataset.path={root / 'labels.csv'}", "dataset.image_size=8", "dataset.num_labels=8"]
     if option == "synthetic":
         return []
     if option == "digits":

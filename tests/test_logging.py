@@ -146,7 +146,7 @@ def test_every_run_writes_its_pictures_and_a_plain_log_line_per_evaluation(tmp_p
     assert len(evaluations) == 4, log  # steps 2, 4, 6, 8
     for line in evaluations:
         assert re.search(r"step \d+/8 \| loss [\d.]+ .*\| val_acc [\d.]+ \| test_acc [\d.]+ \| test_knn [\d.]+ \| "
-                         r"[\d.]+s$", line), line  # the whole record on its one line
+                         r"[\d.]+s \| (fp32|bf16)$", line), line  # the whole record on its one line
         assert len(line) > 80
     assert "│" not in "".join(evaluations)
     for picture in ("curves.png", "confusion_matrix.png"):

@@ -163,7 +163,8 @@ def test_pretraining_uses_no_labels(tmp_path):
 
 
 def test_gradient_accumulation_averages_micro_batches(tmp_path):
-    cfg = compose(SMOKE + ["method=supervised", "trainer.grad_accumulation=2", "optim.weight_decay=0"])
+    cfg = compose(SMOKE + ["method=supervised", "trainer.grad_accumulation=2", "optim.weight_decay=0",
+                            "trainer.precision=fp32"])
     trainer = Trainer(check_config(cfg), tmp_path)
     loss = trainer.train_step(0)["loss"]
     # The step's loss is the mean over micro-batches 0 and 1, as a fresh model sees them.
