@@ -244,9 +244,9 @@ def test_decode_image_applies_exif_orientation(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     img.save(tmp_path / "photo.jpg", exif=exif, quality=100)
-    out = decode_image(tmp_path / "photo.jpg", 3, (20, 10))
-    assert out.shape == (3, 20, 10)
-    assert out[:, :8].float().mean() > 200 and out[:, 12:].float().mean() < 50  # white now on top
+    out = decode_image(tmp_path / "photo.jpg", 3, (20, 20))
+    assert out.shape == (3, 20, 20)
+    assert out[:, :8].float().mean() > 200 and out[:, 12:].float().mean() < 50  # white now on top (a 20x10 upright photo, centre-cropped to a square)
 
 
 def test_expected_calibration_error_on_known_bins():

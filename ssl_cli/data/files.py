@@ -1,9 +1,7 @@
 """Image files given by the user to a trained model: listing files, folders and globs, decoding one image.
 
-This is the small, isolated decoder of the "using the model" commands (ssl-predict, ssl-evaluate,
-load_model); the data loaders have their own. Policy: EXIF orientation applied, converted to the
-model's channels (L or RGB; transparency composited on white), shorter side resized to the model's
-input size, then a centre crop.
+The "using the model" commands (ssl-predict, ssl-evaluate, load_model) decode with the training
+decoder, ssl_cli.data.images.load_image, so a new image is seen as the training images were.
 """
 
 from __future__ import annotations
@@ -13,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ssl_cli.core.errors import UserError
+from ssl_cli.data.images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 GLOB_CHARS = set("*?[")
@@ -77,42 +75,14 @@ def list_class_folders(folder: Union[str, Path]) -> Dict[str, List[Path]]:
     return {c: _images_under(root / c) for c in classes}
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    elif img.mode.startswith("I;16") or img.mode == "I":
-        # 16-bit greyscale: scale to 8 bits rather than clipping at 255
-        array = np.asarray(img, dtype=np.float64) / 257.0
-        img = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), "L")
-    return img.convert("L" if channels == 1 else "RGB")
-
-
-def resize_and_crop(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
-    """Shorter side to the target (aspect kept), then the centre crop of `size` = (height, width)."""
-    h, w = size
-    if img.size == (w, h):
-        return img
-    scale = max(h / img.height, w / img.width)
-    new_w, new_h = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - w) // 2, (new_h - h) // 2
-    return img.crop((left, top, left + w, top + h))
-
-
-def decode_image(source: Union[str, Path, Image.Image], channels: int, size: Tuple[int, int]) -> torch.Tensor:
-    """One image (a path or a PIL image) as a uint8 tensor [channels, height, width]."""
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        with Image.open(source) as opened:
-            opened.load()
-            img = opened.copy()
-            img.info = dict(opened.info)
-    img = resize_and_crop(_to_mode(ImageOps.exif_transpose(img), channels), tuple(size))
-    t = torch.from_numpy(np.array(img, dtype=np.uint8))
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+def decode_image(source: Union[str, Path, Image.Image], channels: int, size: Tuple[int, int],
+                 resize: str = "crop") -> torch.Tensor:
+    """One image (a path or a PIL image) as a uint8 tensor [channels, height, width], decoded exactly as
+    training images are (ssl_cli.data.images.load_image: EXIF orientation, every mode, `resize` policy)."""
+    height, width = size
+    if height != width:
+        raise UserError(f"image size {height}x{width}: models here take square images")
+    return torch.from_numpy(load_image(source, image_size=height, resize=resize, channels=channels))
 
 
 def decode_images(files: Sequence[Path], channels: int, size: Tuple[int, int]
