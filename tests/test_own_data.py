@@ -314,6 +314,7 @@ def test_bad_resize_policy_is_refused(tmp_path):
     assert_one_line_error(code, err, "dataset.resize", "crop")
 
 
+@pytest.mark.slow  # writes and decodes all 1,797 digits
 def test_own_data_digits_script_writes_the_hidden_split_as_folders(tmp_path):
     import importlib.util
 
