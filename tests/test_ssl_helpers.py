@@ -9,8 +9,9 @@ import torch
 
 from conftest import trainer_for
 from ssl_cli.losses.classification import cross_entropy, masked_cross_entropy
-from ssl_cli.losses.pseudo_labels import (ClassWiseThreshold, DistributionAlignment, SelfAdaptiveThreshold, mixup,
-                                          sharpen)
+from ssl_cli.losses.pseudo_labels import (ClassWiseThreshold, DistributionAlignment, SelfAdaptiveThreshold,
+                                          TruncatedGaussianWeight, class_histogram, fairness_loss, mixup,
+                                          relative_threshold, sharpen, tsa_threshold)
 from ssl_cli.methods.base import Method, StepOutput
 
 
@@ -68,6 +69,39 @@ def test_mixup_mixes_inputs_and_targets_with_the_same_partner_and_weight():
     # Row i is lam * e_i + (1 - lam) * e_partner: its own share is at least lam, the rest on one partner.
     assert bool((mixed.diagonal() >= lam - 1e-6).all())
     assert torch.allclose(mixed.sum(1), torch.ones(4)) and bool(((mixed > 0).sum(1) <= 2).all())
+
+
+def test_truncated_gaussian_weight_and_its_ema():
+    g = TruncatedGaussianWeight(num_classes=2, momentum=0.5, n_sigma=2.0)  # μ = 0.5, σ² = 1 at the start
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]])  # confidences 0.9, 0.6, 0.7
+    assert g.weight(probs).tolist() == [1.0, 1.0, 1.0]  # all at or above the mean
+    g.update(probs)
+    assert g.mean.item() == pytest.approx(0.5 * 0.5 + 0.5 * 0.7333333)
+    var = torch.tensor([0.9, 0.6, 0.7]).var(unbiased=True).item()
+    assert g.variance.item() == pytest.approx(0.5 + 0.5 * var)
+    below = torch.tensor([[0.55, 0.45]])  # confidence 0.55 < μ: exp(-(0.55 - μ)² / (2 σ² / 4))
+    expected = math.exp(-(0.55 - g.mean.item()) ** 2 / (2 * g.variance.item() / 4))
+    assert g.weight(below).item() == pytest.approx(expected)
+
+
+def test_relative_threshold_and_tsa():
+    assert relative_threshold(torch.tensor([[0.8, 0.2], [0.4, 0.6]]), 0.95).item() == pytest.approx(0.95 * 0.7)
+    assert tsa_threshold(50, 100, "none", 4) == 1.0
+    assert tsa_threshold(50, 100, "linear", 4) == pytest.approx(0.5 * 0.75 + 0.25)
+    assert tsa_threshold(100, 100, "exp", 4) == pytest.approx(1.0)
+    assert tsa_threshold(0, 100, "log", 4) == pytest.approx(0.25)
+
+
+def test_fairness_loss_by_hand():
+    probs_strong = torch.tensor([[0.7, 0.3], [0.6, 0.4], [0.2, 0.8]])
+    mask = torch.tensor([1.0, 0.0, 1.0])  # the second image is masked out
+    class_probs, label_hist = torch.tensor([0.6, 0.4]), torch.tensor([0.5, 0.5])
+    # masked mean p̄ [0.45, 0.55]; its argmax histogram h̄ [0.5, 0.5], so p̄/h̄ normalised stays [0.45, 0.55];
+    # the target p̃/h̃ normalised is [0.6, 0.4]. L_f = Σ target log(p̄/h̄ normalised).
+    expected = 0.6 * math.log(0.45) + 0.4 * math.log(0.55)
+    assert fairness_loss(probs_strong, mask, class_probs, label_hist).item() == pytest.approx(expected, rel=1e-5)
+    assert fairness_loss(probs_strong, torch.zeros(3), class_probs, label_hist).item() == 0.0  # nothing passes
+    assert class_histogram(torch.tensor([0, 1, 1]), 3).tolist() == pytest.approx([1 / 3, 2 / 3, 0.0])
 
 
 class Counting(Method):

@@ -83,7 +83,11 @@ class ClassWiseThreshold(nn.Module):
         confident = confidence > self.threshold
         current = self.selected_label[indices]
         self.selected_label[indices] = torch.where(confident, label, current)
-        counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1).float()
+        # A bincount into a fixed-size vector: torch.bincount itself reads the max back to size its output
+        # (a host sync on CUDA), index_add_ into num_classes + 1 slots (slot 0: unclaimed) does not.
+        slots = self.selected_label + 1
+        counts = torch.zeros(self.num_classes + 1, device=slots.device).index_add_(
+            0, slots, torch.ones_like(slots, dtype=torch.float32))
         claimed = counts[1:]
         denominator = counts.max() if self.warmup else claimed.max()
         # Until some image is claimed (every image still unclaimed), the effects stay as they were.
@@ -143,12 +147,11 @@ class DistributionAlignment(nn.Module):
 def class_histogram(labels: torch.Tensor, num_classes: int, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Share of each class among `labels` (optionally weighted), a float vector summing to 1 (or all 0).
 
-    One-hot sums instead of boolean indexing: the same shape whatever the mask, so no host sync.
+    A weighted count into a fixed-size vector instead of boolean indexing or torch.bincount (both size
+    their output from the data, a host sync on CUDA).
     """
-    one_hot = torch.nn.functional.one_hot(labels, num_classes).float()
-    if weights is not None:
-        one_hot = one_hot * weights[:, None]
-    counts = one_hot.sum(dim=0)
+    weights = torch.ones_like(labels, dtype=torch.float32) if weights is None else weights.float()
+    counts = torch.zeros(num_classes, device=labels.device).index_add_(0, labels, weights)
     return counts / counts.sum().clamp_min(1e-12)
 
 
