@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_cli.apps.preflight import check_command_line
 from ssl_cli.apps.report import print_run_summary
 from ssl_cli.core.errors import EXIT_USER_ERROR, UserError, one_line
-from ssl_cli.core.distributed import is_main
+from ssl_cli.core.distributed import is_main, rank
 from ssl_cli.engine import distributed
 from ssl_cli.engine.config import CONFIG_MODULE, CONFIG_NAME, compose, register_schemas
 from ssl_cli.engine.outputs import SUMMARY, write_summary
@@ -115,6 +115,11 @@ def hydra_main(cfg: DictConfig) -> Optional[float]:
             return None
         fail(one_line(e))
     except Exception as e:  # a bug: in a sweep, record it and go on; alone, show the traceback
+        if isinstance(e, torch.distributed.DistError) and distributed.under_torchrun():
+            # Usually another rank died (torchrun then restarts the group or stops): one line, not a traceback.
+            print(f"ssl-train: rank {rank()}: a collective with the other ranks failed (did one stop?): "
+                  f"{one_line(e)[:300]}", file=sys.stderr)
+            sys.exit(1)
         if not multirun:
             raise
         _write_failed_summary(run_dir, cfg, f"{type(e).__name__}: {one_line(e)}", choices)

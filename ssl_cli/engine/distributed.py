@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ssl_cli.core.distributed import is_distributed, is_main, local_rank, restart_count, world_size
+from ssl_cli.core.distributed import is_distributed, is_main, local_rank, rank, restart_count, world_size
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine.config import compose
 from ssl_cli.engine.outputs import LAST
@@ -54,7 +54,14 @@ def start(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # Our own key prefix per torchrun attempt: after a restart, the agent's store still holds the
+    # addresses the dead attempt's workers published, and joining with those fails to connect.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
+                          is_master=rank() == 0 and not agent_store, timeout=timeout, wait_for_workers=False)
+    store = dist.PrefixStore(f"ssl-cli/attempt-{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank(), world_size=world_size(), timeout=timeout)
 
 
 def stop() -> None:

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_cli.core.distributed import is_main
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine.checkpoint import load_checkpoint, upgrade_config
 from ssl_cli.engine.config import RunConfig, check_config, with_new_options
@@ -75,7 +76,7 @@ def run_stage(run: RunConfig, run_dir: Path, choices: Optional[dict], resume_sta
 
 def run_stages(config: dict, stages, run_dir: Path, choices: Optional[dict]) -> dict:
     """Runs the stages in order; on resume, completed stages are kept and the unfinished one continues."""
-    if not config.get("resume"):
+    if not config.get("resume") and is_main():
         write_json(run_dir / STAGES, {"config": config, "stages": [name for name, _ in stages]})
     summaries: Dict[str, dict] = {}
     for name, stage_cfg in stages:
@@ -98,5 +99,6 @@ def run_stages(config: dict, stages, run_dir: Path, choices: Optional[dict]) -> 
     summary = {**last, "method": config["method"]["name"], "run_dir": str(run_dir), "stages": summaries,
                "wall_time_s": round(sum(s["wall_time_s"] for s in summaries.values()), 2),
                "stage_methods": {name: stage_cfg.method.name for name, stage_cfg in stages}}
-    write_summary(run_dir, summary)
+    if is_main():
+        write_summary(run_dir, summary)
     return summary
