@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_without_duplicate_tensorboard_points(tmp_path):
 
 
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard_logger, "SummaryWriter", None)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` sees without the package
     with pytest.raises(UserError, match=re.escape("pip install ssl-cli[tensorboard]")):
         tensorboard_logger.TensorBoardLogger(tensorboard_logger.TensorBoardOptions())
 
