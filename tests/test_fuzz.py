@@ -128,6 +128,7 @@ FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("me
                               ("method=adamatch",), ("method=uda",))
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
+TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
 
 # Valid by construction, and small: every combination of the combinable ones is still valid (for example
 # num_labels + num_validation <= 20 <= num_train, and num_labels >= num_classes).
@@ -233,6 +234,9 @@ VALID: List[Case] = [
     Case("trainer.sync_batchnorm", one_of("auto", "false")),  # true needs CUDA
     Case("trainer.dist_timeout", floats(1.0, 3600.0)),
     Case(INIT_FROM, one_of("null")),
+    Case("logger", one_of("none", "[tensorboard]", "[]"), combine=False),  # mlflow: see NOT_FUZZED
+    Case("logger.tensorboard.images", BOOL, context=TENSORBOARD, combine=False),
+    Case("logger.tensorboard.flush_secs", ints(1, 3600), context=TENSORBOARD, combine=False),
 ]
 
 # Wrong by construction. The run must stop with one line naming the key.
@@ -341,6 +345,12 @@ INVALID: List[Case] = [
     Case("trainer.sync_batchnorm", one_of("sometimes", "abc", "2", "[true]")),
     Case("trainer.sync_batchnorm", one_of("true"), context=("trainer.device=cpu",)),
     Case("trainer.dist_timeout", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER)),
+    Case("logger", one_of("tensorboard,mlflow", "{a:1}", "[wandb]", "[tensorboard,nope]")),
+    Case("logger.tensorboard.images", NOT_A_BOOL, context=TENSORBOARD),
+    Case("logger.tensorboard.flush_secs", st.one_of(positive_int_invalid(), ints(3601, 10**6)), context=TENSORBOARD),
+    Case("logger.mlflow.tracking_uri", one_of("[a]", "{a:1}", "[1,2]"), context=MLFLOW),
+    Case("logger.mlflow.experiment", one_of("[a]", "{a:1}", "null"), context=MLFLOW),
+    Case("logger.mlflow.log_checkpoint", NOT_A_BOOL, context=MLFLOW),
 ]
 
 # Wrong values the program accepts today (bugs the fuzzer found), as (key, value). Each is checked by
@@ -351,6 +361,11 @@ KNOWN_GAPS: List[Tuple[str, str]] = []
 
 # Keys of the composed configs that neither table fuzzes, and why.
 NOT_FUZZED = {
+    # Valid MLflow values run in tests/test_logging.py: each run creates an MLflow database (seconds).
+    # Their invalid values are in INVALID (refused before any database is made).
+    "logger.mlflow.tracking_uri": "valid: tests/test_logging.py; invalid: INVALID",
+    "logger.mlflow.experiment": "valid: tests/test_logging.py; invalid: INVALID",
+    "logger.mlflow.log_checkpoint": "valid: tests/test_logging.py; invalid: INVALID",
     "dataset.name": "set through the dataset group (dataset=...), fuzzed as a group option",
     "backbone.name": "set through the backbone group",
     "method.name": "set through the method group",
@@ -392,9 +407,10 @@ ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseu
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
                                                   "method=adamatch", "method=uda",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
-                                                  "backbone=timm")))
+                                                  "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"
-GROUPS = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug")
+GROUPS = ("dataset", "backbone", "augmentation", "method", "optim", "scheduler", "trainer", "experiment", "debug",
+          "logger")
 GROUP_OPTIONS = {g: sorted(p.stem for p in (CONFIGS / g).glob("*.yaml")) for g in GROUPS}
 
 

@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_without_duplicate_tensorboard_points(tmp_path):
 
 
 def test_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(tensorboard_logger, "SummaryWriter", None)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # what `import tensorboard` sees without the package
     with pytest.raises(UserError, match=re.escape("pip install ssl-cli[tensorboard]")):
         tensorboard_logger.TensorBoardLogger(tensorboard_logger.TensorBoardOptions())
 
@@ -162,3 +162,25 @@ def test_pictures_from_metrics(tmp_path):
     assert plot_training_curves(tmp_path / "absent.jsonl", tmp_path / "none.png") is None
     path = plot_confusion_matrix([[5, 1], [0, 4]], ["cat", "dog"], tmp_path / "cm.png", title="test")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_sweep_nests_its_jobs_under_one_mlflow_parent_run_and_reports_accuracy_curves(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    sweep = tmp_path / "sweep"
+    code, out, err = run_cli(["-m", *SMOKE, "logger=[mlflow]", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert code == 0, err[-2000:]
+    parent = json.loads((sweep / "mlflow_parent.json").read_text())
+    client = MlflowClient(tracking_uri=parent["tracking_uri"])
+    runs = client.search_runs([client.get_run(parent["run_id"]).info.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent["run_id"]]
+    assert len(runs) == 3 and len(children) == 2
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert client.get_run(parent["run_id"]).info.status == "FINISHED"
+    assert (sweep / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_version_is_ssl_clis(tmp_path):
+    result = ssl_train(["--version"], tmp_path)
+    assert result.returncode == 0 and re.fullmatch(r"ssl-train \(ssl-cli\) \d+\.\d+\.\d+\S*\n", result.stdout), result

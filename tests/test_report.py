@@ -8,7 +8,8 @@ import statistics
 import pytest
 
 from conftest import ssl_train
-from ssl_cli.apps.report import labels_needed, main as report_main, make_report, missing_from_sweep
+from ssl_cli.apps.report import labels_needed, main as report_main, make_report, missing_from_sweep, \
+    plot_accuracy_curves
 
 
 def test_labels_needed_interpolates_on_log_axis():
@@ -161,3 +162,16 @@ def test_methods_are_ranked_within_each_label_count(tmp_path):
     assert "| labels | rank | method |" in md
     with open(tmp_path / "report.csv") as f:
         assert {row["method"]: row["rank"] for row in csv.DictReader(f) if row["num_labels"] == "20"}["uda"] == "3"
+def test_accuracy_curves_show_mean_and_spread_over_seeds(tmp_path):
+    """accuracy_curves.png: one line per method and label count from each job's metrics.jsonl."""
+    for job, (method, seed) in enumerate([("supervised", 0), ("supervised", 1), ("fixmatch", 0)]):
+        d = tmp_path / f"{job}_{method}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "method": method, "num_labels": 40,
+                                                    "seed": seed, "final": {"test/accuracy": 0.5 + 0.1 * seed}}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "test/accuracy": 0.1 * s + 0.05 * seed})
+                                                 + "\n" for s in (1, 2, 3)))
+    report = make_report(tmp_path)
+    assert report.cells[("supervised", 40)].curves[1] == [(1, pytest.approx(0.15)), (2, pytest.approx(0.25)),
+                                                         (3, pytest.approx(0.35))]
+    assert plot_accuracy_curves(report, tmp_path / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -35,6 +35,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ssl_cli.core.tables import markdown_table
+from ssl_cli.engine.outputs import METRICS
+from ssl_cli.engine.plots import plot_mean_std_curves, read_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -161,6 +163,7 @@ class Cell:
     mask_rates: List[Optional[float]] = field(default_factory=list)
     pl_accuracies: List[Optional[float]] = field(default_factory=list)
     seeds: List[int] = field(default_factory=list)
+    curves: List[List[Tuple[int, float]]] = field(default_factory=list)  # (step, test accuracy) of each run
 
     @property
     def mean(self) -> float:
@@ -196,7 +199,19 @@ def build_cells(summaries: List[dict], kind: str) -> Dict[Tuple[str, int], Cell]
         train = s.get("train") or {}
         cell.mask_rates.append(train.get("mask_rate"))
         cell.pl_accuracies.append(train.get("pseudo_label_acc"))
+        curve = accuracy_curve(s)
+        if curve:
+            cell.curves.append(curve)
     return cells
+
+
+def accuracy_curve(summary: dict) -> List[Tuple[int, float]]:
+    """(step, test accuracy) at each evaluation of a run (its last stage's, for a run made of stages)."""
+    job = Path(summary.get("_job_dir") or summary.get("run_dir") or ".")
+    stages = list(summary.get("stages") or {})
+    path = job / stages[-1] / METRICS if stages else job / METRICS
+    return [(r["step"], r["test/accuracy"]) for r in read_metrics(path)
+            if isinstance(r.get("test/accuracy"), (int, float))]
 
 
 def _job_label(s: dict) -> str:
@@ -507,7 +522,18 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
     png = plot_label_efficiency(report, out_dir / "label_efficiency.png")
     if png is not None:
         written.append(png)
+    png = plot_accuracy_curves(report, out_dir / "accuracy_curves.png")
+    if png is not None:
+        written.append(png)
     return written
+
+
+def plot_accuracy_curves(report: Report, path: Path) -> Optional[Path]:
+    """Test accuracy against step, one line per method and label count: mean ± std over its seeds."""
+    curves = {f"{name}, {n} labels": cell.curves for (name, n), cell in sorted(report.cells.items()) if cell.curves}
+    if not curves:
+        return None
+    return plot_mean_std_curves(curves, path, title="Test accuracy during training (mean ± std over seeds)")
 
 
 def plot_label_efficiency(report: Report, path: Path) -> Optional[Path]:

@@ -6,6 +6,7 @@ Bad input of any kind ends with one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import json
 import logging
 import math
@@ -172,9 +173,18 @@ def _trainer_setting(argv, key: str, default):
         return compose(list(argv)).trainer.get(key, default)
     except UserError as e:
         fail(one_line(e))
+def version() -> str:
+    """ssl-cli's version, from the installed package's metadata (ssl_cli.__version__ sits above the apps layer)."""
+    try:
+        return importlib.metadata.version("ssl-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--version"]:  # ours, not Hydra's own version
+        print(f"ssl-train (ssl-cli) {version()}")
+        return
     register_schemas()
     argv = sys.argv[1:]
     if distributed.under_torchrun():

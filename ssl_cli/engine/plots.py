@@ -104,8 +104,9 @@ def plot_training_curves(metrics_jsonl_path, path) -> Optional[Path]:
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if title in ("accuracy", "pseudo-labels"):
-            ax.set_ylim(-0.02, 1.02)
+        if title in ("accuracy", "pseudo-labels"):  # fractions: never drawn beyond [0, 1], zoomed on the data
+            low, high = ax.get_ylim()
+            ax.set_ylim(max(low, -0.02), min(high, 1.02))
         if title == "losses" and all(v > 0 for k, _ in lines for v in _series(rows, k)[1]):
             ax.set_yscale("log")
         ax.legend(fontsize=8)
@@ -117,19 +118,20 @@ def plot_training_curves(metrics_jsonl_path, path) -> Optional[Path]:
     return Path(path)
 
 
-def plot_mean_std_curves(curves: Dict[str, List[List[tuple]]], path, title: str, ylabel: str = "test accuracy"):
+def plot_mean_std_curves(curves: Dict[str, List[List[tuple]]], path, title: str, ylabel: str = "test accuracy (%)"):
     """One line per name: the mean over its runs (each a list of (step, value)) at the steps they share,
-    with a ± one standard deviation band."""
+    with a ± one standard deviation band (sample std over the runs, as the report's tables)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, runs in sorted(curves.items()):
         shared = sorted(set.intersection(*(set(s for s, _ in run) for run in runs))) if runs else []
         if not shared:
             continue
         values = np.array([[dict(run)[s] for s in shared] for run in runs], dtype=float)
-        mean, std = values.mean(axis=0), values.std(axis=0)
-        line, = ax.plot(shared, mean, label=f"{name} (n={len(runs)})")
+        mean = values.mean(axis=0)
+        std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
+        line, = ax.plot(shared, 100 * mean, label=f"{name} (n={len(runs)})")
         if len(runs) > 1:
-            ax.fill_between(shared, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(shared, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,6 @@ from ssl_cli.core.options import Options, option
 from ssl_cli.engine.loggers.base import LOGGERS, Evaluation, Logger
 from ssl_cli.engine.plots import confusion_figure
 
-try:  # the optional extra: torch's writer needs the tensorboard package
-    from torch.utils.tensorboard import SummaryWriter
-except ImportError:
-    SummaryWriter = None
 
 MISSING = "logger=tensorboard needs the tensorboard package: pip install ssl-cli[tensorboard]"
 FOLDER = "tensorboard"
@@ -28,7 +26,7 @@ class TensorBoardOptions(Options):
     flush_secs: int = option(30, "write buffered events to disk at least this often (seconds)", low=1, high=3600)
 
     def check(self) -> None:  # with the config check, before anything is written
-        if SummaryWriter is None:
+        if importlib.util.find_spec("tensorboard") is None:
             raise UserError(MISSING)
 
 
@@ -37,15 +35,18 @@ class TensorBoardLogger(Logger):
     """Scalars at log_every and at each evaluation, the confusion matrix, a grid of each augmented view."""
 
     def __init__(self, options: TensorBoardOptions):
-        if SummaryWriter is None:
-            raise UserError(MISSING)
         self.options = options
+        # Imported on first use: the optional extra, and slow to import, so runs without it never pay for it.
+        try:
+            self.summary_writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter
+        except ImportError:
+            raise UserError(MISSING) from None
         self.writer = None
 
     def start(self, config, choices, run_dir: Path, resumed_step: int) -> None:
         # purge_step: events a killed run wrote after its last checkpoint are hidden (TensorBoard drops
         # every point at or after it when reading), so the resumed run's points are the only ones there.
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / FOLDER), flush_secs=self.options.flush_secs,
+        self.writer = self.summary_writer(log_dir=str(Path(run_dir) / FOLDER), flush_secs=self.options.flush_secs,
                                     purge_step=resumed_step + 1 if resumed_step else None)
         if not resumed_step:
             self.writer.add_text("choices", "  \n".join(f"{k}={v}" for k, v in sorted((choices or {}).items())))
