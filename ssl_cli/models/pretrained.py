@@ -170,7 +170,9 @@ def timm_backbone(o: PretrainedOptions, in_channels, num_classes, image_size) ->
     kwargs = dict(o.model_args or {})
     kwargs.update(num_classes=0, in_chans=in_channels)  # num_classes=0: the net ends at the pooled pre-logits
     if o.weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=_check_weights_file(o.weights)))
+        # custom_load=False: some hub weights are .npz with their own loader; a file is a state dict.
+        kwargs.update(pretrained=True,
+                      pretrained_cfg_overlay=dict(file=_check_weights_file(o.weights), custom_load=False))
     elif o.pretrained:
         kwargs.update(pretrained=True)
     try:
