@@ -156,6 +156,8 @@ VALID: List[Case] = [
     Case("backbone.mean", one_of("[0.5]", "[0.4,0.5,0.5]", "null"), context=(*TIMM, "backbone.std=[0.25]"),
          combine=False),
     Case("backbone.std", one_of("[0.5]", "[0.2,0.3,0.25]"), context=(*TIMM, "backbone.mean=[0.5]"), combine=False),
+    Case("optim.backbone_lr_scale", floats(0.01, 1.0)),
+    Case("optim.layer_decay", floats(0.5, 1.0), context=TIMM, combine=False),
     Case("augmentation.weak", one_of("none", "flip_translate", "classic")),
     Case("augmentation.strong", one_of("none", "randaugment", "classic")),
     Case("augmentation.flip", BOOL),
@@ -338,6 +340,9 @@ INVALID: List[Case] = [
     Case("backbone.image_size", st.one_of(ints(-10, 7), one_of("2000", "1.5"), NOT_A_NUMBER), context=TIMM),
     Case("backbone.mean", one_of("[2]", "[0.1,0.2]", "[-0.5]", "abc", "0.5"), context=(*TIMM, "backbone.std=[0.25]")),
     Case("backbone.std", one_of("[0]", "[-1]", "[0.1,0.2]", "abc"), context=(*TIMM, "backbone.mean=[0.5]")),
+    Case("optim.backbone_lr_scale", st.one_of(one_of("0", "0.0"), below(0.0), above(1.0), NOT_A_NUMBER)),
+    Case("optim.layer_decay", st.one_of(one_of("0", "0.0"), below(0.0), above(1.0), NOT_A_NUMBER)),
+    Case("optim.layer_decay", one_of("0.5", "0.9"), context=("backbone=cnn",)),  # cnn has no layer ids
     Case("trainer.deterministic", NOT_A_BOOL),
     Case("trainer.nonfinite", st.one_of(one_of("ignore", "warn", "raise"), NOT_A_NAME)),
     Case("trainer.progress_bar", one_of("sometimes", "abc", "2", "[true]")),

@@ -7,6 +7,7 @@ run from the file resumes exactly and predicts through load_model after the file
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -20,10 +21,11 @@ import timm
 import torch
 import torchvision
 
-from conftest import assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, compose, run_cli, write_image_folder
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.resize import resize_images
 from ssl_cli.engine.checkpoint import upgrade_config
+from ssl_cli.engine.config import check_config
 from ssl_cli.engine.model_io import load_model
 from ssl_cli.engine.optim import OPTIMIZERS, build_optimizer
 from ssl_cli.models import BACKBONES, build_backbone
@@ -222,3 +224,23 @@ def test_a_run_saved_before_the_new_options_still_resumes(tmp_path):
     assert code == 0, err
     assert upgrade_config({"backbone": {"name": "timm", "init_from": None, "pretrained": False}})["backbone"] == \
         {"name": "timm", "init_from": None, "pretrained": False}
+
+
+@pytest.mark.parametrize("preset", ["finetune_vit_usb", "finetune_resnet_cpu"])
+def test_fine_tuning_presets_are_valid_configs(preset):
+    run = check_config(compose([f"experiment={preset}"]))
+    assert run.names["backbone"] == "timm" and run.backbone.pretrained and run.names["optim"] == "adamw"
+    assert run.optim.layer_decay < 1 or run.optim.backbone_lr_scale < 1
+
+
+def test_backbone_benchmark_runs_on_a_tiny_setting(tmp_path):
+    """The CPU benchmark (scripts/backbone_benchmark.py; the lead runs it at 96 and 224 px) on 8 px images."""
+    root = write_image_folder(tmp_path / "images", per_class=4, test=False) / "train"
+    spec = importlib.util.spec_from_file_location("backbone_benchmark", REPO / "scripts" / "backbone_benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.main(["--root", str(root), "--sizes", "16", "--models", "resnet10t", "--images", "8",
+                         "--steps", "1", "--batch", "2"])
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[2] for r in rows] == ["in memory", "streaming"]
+    assert all(0 < float(r.split(" | ")[-1].rstrip(" |")) <= 1 for r in rows)

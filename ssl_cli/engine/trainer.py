@@ -248,8 +248,8 @@ class Trainer:
         if backbone_size and self.data_cpu.image_size != (backbone_size, backbone_size):
             self.data_cpu = resize_data(self.data_cpu, (backbone_size, backbone_size))
         if backbone_size or self.data_cpu.image_size[0] >= 96:  # large images: say what they cost
-            log.info("images at %dx%d take %.2f GB in memory", *self.data_cpu.image_size,
-                     image_bytes(self.data_cpu) / 1e9)
+            log.info("images at %dx%d take %.1f MB in memory (uint8)", *self.data_cpu.image_size,
+                     image_bytes(self.data_cpu) / 1e6)
         bad_files = self.data_cpu.notes.get("bad_files") or []
         if bad_files and is_main():  # skipped (dataset.bad_images=skip): say so, and list them with the run
             (self.run_dir / "bad_images.txt").write_text("".join(f + "\n" for f in bad_files))

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import safetensors.torch
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -32,12 +31,16 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import option
 from ssl_cli.models.backbones import BACKBONES, Backbone, BackboneOptions
 
-try:  # an optional extra: ssl-cli[timm]
+try:  # optional extras: ssl-cli[timm] installs both
     import timm
     import timm.data
     from timm.models import group_parameters
 except ImportError:  # pragma: no cover - the test extra installs it
     timm = None
+try:
+    import safetensors.torch
+except ImportError:  # pragma: no cover
+    safetensors = None
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,7 +173,9 @@ def timm_backbone(o: PretrainedOptions, in_channels, num_classes, image_size) ->
     kwargs = dict(o.model_args or {})
     kwargs.update(num_classes=0, in_chans=in_channels)  # num_classes=0: the net ends at the pooled pre-logits
     if o.weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=_check_weights_file(o.weights)))
+        # custom_load=False: some hub weights are .npz with their own loader; a file is a state dict.
+        kwargs.update(pretrained=True,
+                      pretrained_cfg_overlay=dict(file=_check_weights_file(o.weights), custom_load=False))
     elif o.pretrained:
         kwargs.update(pretrained=True)
     try:
@@ -228,6 +233,9 @@ def torchvision_backbone(o: PretrainedOptions, in_channels, num_classes, image_s
     if o.weights is not None:
         path = _check_weights_file(o.weights)
         if path.endswith(".safetensors"):
+            if safetensors is None:
+                raise UserError("backbone.weights=*.safetensors needs the safetensors package: "
+                                "pip install 'ssl-cli[timm]'")
             state = safetensors.torch.load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
