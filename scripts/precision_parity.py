@@ -8,6 +8,7 @@ standard deviation (of the fp32 runs) of fp32. The precision each run really use
 summary.json (bf16 forced on a CPU without native bf16 still runs, emulated).
 
     python scripts/precision_parity.py --out bench/precision_digits --markdown bench/precision_digits.md
+    python scripts/precision_parity.py --out bench/precision_digits --collect   # the table of the runs done so far
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread)")
     p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: the table of the (method, seed) pairs already finished in --out")
     p.add_argument("extra", nargs="*", help="more ssl-train overrides for every run (e.g. dataset.num_validation=0)")
     a = p.parse_args()
-    if a.out.exists():
+    if a.out.exists() and not a.collect:
         shutil.rmtree(a.out)
     common = ["dataset=digits", "dataset.num_labels=40", "dataset.num_validation=200", f"trainer.max_steps={a.steps}",
               "trainer.device=cpu", "trainer.progress_bar=false", "trainer.num_threads=1", *a.extra]
@@ -62,21 +65,30 @@ def main() -> None:
               f"({s['wall_time_s']:.1f} s)", flush=True)
         return job, s
 
-    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-        results = dict(pool.map(run, jobs))
+    if a.collect:
+        done = {job: a.out / f"{job[0]}_seed{job[1]}_{job[2]}" / "summary.json" for job in jobs}
+        results = {job: json.loads(path.read_text()) for job, path in done.items() if path.exists()}
+        results = {job: s for job, s in results.items() if s.get("status") == "completed"}
+    else:
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            results = dict(pool.map(run, jobs))
 
     rows = []
     for method in a.methods:
-        accs = {prec: [100 * results[(method, s, prec)]["final"]["test/accuracy"] for s in a.seeds]
+        seeds = [s for s in a.seeds if all((method, s, prec) in results for prec in PRECISIONS)]
+        if not seeds:
+            continue
+        accs = {prec: [100 * results[(method, s, prec)]["final"]["test/accuracy"] for s in seeds]
                 for prec in PRECISIONS}
-        ran = sorted({results[(method, s, "bf16")]["precision"] for s in a.seeds})
+        ran = sorted({results[(method, s, "bf16")]["precision"] for s in seeds})
         (m32, sd32), (m16, sd16) = mean_std(accs["fp32"]), mean_std(accs["bf16"])
         rows.append([method, f"{m32:.1f} ± {sd32:.1f} %", f"{m16:.1f} ± {sd16:.1f} %", f"{m16 - m32:+.1f}",
                      "yes" if abs(m16 - m32) <= sd32 else "no",
                      ", ".join(f"{x:.1f}" for x in accs["fp32"]), ", ".join(f"{x:.1f}" for x in accs["bf16"]),
                      "/".join(ran)])
-    table = markdown_table(["method", "fp32", "bf16", "bf16 - fp32", "within 1 std of fp32", "fp32 per seed",
-                            "bf16 per seed", "bf16 runs ran as"], rows).rstrip()
+        rows[-1].insert(1, ", ".join(map(str, seeds)))
+    table = markdown_table(["method", "seeds", "fp32", "bf16", "bf16 - fp32", "within 1 std of fp32",
+                            "fp32 per seed", "bf16 per seed", "bf16 runs ran as"], rows).rstrip()
     print(table)
     (a.out / "parity.json").write_text(json.dumps({f"{m}_seed{s}_{p}": r["final"]["test/accuracy"]
                                                    for (m, s, p), r in results.items()}, indent=2))

@@ -78,8 +78,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return "bf16" if native else "fp32"
     if requested == "bf16" and not native and not _warned:
         _warned = True
-        log.warning("trainer.precision=bf16 on a CPU without AMX-BF16 or AVX-512 BF16: bf16 is emulated and "
-                    "likely slower than fp32 (trainer.precision=auto picks fp32 here)")
+        log.warning("precision bf16 on a CPU without AMX-BF16 or AVX-512 BF16: bf16 is emulated and "
+                    "likely slower than fp32 (precision auto picks fp32 here)")
     return requested
 
 
