@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
                         "--check-images", str(args.root / "test")]) != 0:
         raise SystemExit("ssl-export failed")
 
-    model = load_model(run, device="cpu")
+    model = load_model(run, device="cpu", precision="fp32")  # the reference onnxruntime (float32) must match
     runtimes = {"PyTorch": model, "onnxruntime": OnnxRuntimeModel(onnx_path, args.num_threads)}
     files, labels = labeled_files(list_class_folders(args.root / "test"), model.class_names, args.root / "test")
     if args.limit and args.limit < len(files):

@@ -67,7 +67,7 @@ def test_trainer_resolves_auto_with_the_probe(cpu_bf16, tmp_path):
     assert trainer_for(SMOKE, tmp_path / "a").precision == "fp32"
     cpu_bf16(False, True)
     trainer = trainer_for(SMOKE, tmp_path / "b")
-    assert trainer.precision == "bf16" and trainer.use_bf16
+    assert trainer.precision == "bf16"
 
 
 # The largest bf16 number below 0.95 is 0.94921875 and the next one 0.953125: a probability of 0.9504

@@ -107,7 +107,7 @@ def test_export_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, cap
     assert sidecar["opset"] >= 18 and sidecar["mean"] == load_model(run).card["mean"]
     assert sidecar["run_test_accuracy"] == json.loads((run / "summary.json").read_text())["final"]["test/accuracy"]
 
-    model = load_model(run)
+    model = load_model(run, precision="fp32")  # exports are float32
     files = list_image_files([folder / "test"])
     images = torch.stack([decode_image(f, 3, (12, 12)) for f in files])
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -134,7 +134,7 @@ def test_export_torchscript_matches_pytorch(trained, tmp_path, capsys):
     assert export_app.main([str(run), "--format", "torchscript", "--output", str(out), "--device", "cpu"]) == 0
     module = torch.jit.load(str(out))
     x = torch.randint(0, 256, (3, 3, 12, 12), dtype=torch.uint8)
-    assert torch.allclose(module(x), load_model(run).probabilities(x), atol=1e-5)
+    assert torch.allclose(module(x), load_model(run, precision="fp32").probabilities(x), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.data.files import list_class_folders
 from ssl_cli.engine.inference import ECE_BINS, evaluate_files, labeled_files, run_summary
 from ssl_cli.engine.plots import plot_confusion_matrix, plot_reliability
-from ssl_cli.apps.model_cli import OneLineParser, add_model_arguments, open_model, positive, run_command
+from ssl_cli.apps.model_cli import OneLineParser, add_model_arguments, add_precision_argument, open_model, positive, run_command
 
 PROG = "ssl-evaluate"
 EVALUATION, CONFUSION_PNG, RELIABILITY_PNG = "evaluation.json", "confusion_matrix.png", "reliability.png"
@@ -33,6 +33,7 @@ EVALUATION, CONFUSION_PNG, RELIABILITY_PNG = "evaluation.json", "confusion_matri
 def parse_args(argv: Optional[List[str]]):
     p = OneLineParser(prog=PROG, description="Evaluate a trained model on a labeled image folder.")
     add_model_arguments(p)
+    add_precision_argument(p)
     p.add_argument("folder", metavar="FOLDER", help="a labeled folder: FOLDER/<class>/<image>")
     p.add_argument("--output-dir", type=Path, default=Path("evaluation"),
                    help="where evaluation.json and the two PNGs go (default ./evaluation)")

@@ -72,7 +72,7 @@ def export(args) -> int:
             raise UserError(f"{path} exists; choose another --output or pass --overwrite")
     if not output.parent.is_dir():
         raise UserError(f"--output {output}: folder {output.parent} does not exist")
-    model = open_model(args)
+    model = open_model(args, precision="fp32")  # exports are float32, and so is the reference they must match
     images, source = check_batch(model, args.check_images)
     expected = model.probabilities(images).cpu()
     model = model.cpu()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 from ssl_cli.core.errors import EXIT_USER_ERROR, UserError, one_line
 from ssl_cli.engine.inference import OnnxRuntimeModel, pick_device
 from ssl_cli.engine.model_io import TrainedModel, load_model
+from ssl_cli.engine.precision import PRECISIONS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,8 +28,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
 
 
-def open_model(args) -> Union[TrainedModel, OnnxRuntimeModel]:
-    """The run's model (PyTorch), or an exported .onnx file run by onnxruntime."""
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="as trainer.precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16")
+
+
+def open_model(args, precision: Optional[str] = None) -> Union[TrainedModel, OnnxRuntimeModel]:
+    """The run's model (PyTorch), or an exported .onnx file run by onnxruntime. `precision` overrides
+    `args.precision` (export computes its reference in fp32, the precision it exports)."""
     if args.num_threads is not None:
         positive("num-threads", args.num_threads)
         torch.set_num_threads(args.num_threads)
@@ -36,7 +43,8 @@ def open_model(args) -> Union[TrainedModel, OnnxRuntimeModel]:
         if args.device not in ("auto", "cpu"):
             raise UserError(f"--device {args.device}: an .onnx model runs on the CPU here (onnxruntime); use --device cpu")
         return OnnxRuntimeModel(args.model, args.num_threads)
-    return load_model(args.model, device=pick_device(args.device))
+    precision = precision or getattr(args, "precision", "auto")
+    return load_model(args.model, device=pick_device(args.device), precision=precision)
 
 
 def positive(name: str, value: int) -> None:

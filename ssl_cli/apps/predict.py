@@ -21,7 +21,7 @@ from typing import List, Optional
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.files import IMAGE_SUFFIXES, list_image_files
 from ssl_cli.engine.inference import Predictions, predict_files, top_k
-from ssl_cli.apps.model_cli import OneLineParser, add_model_arguments, open_model, positive, run_command
+from ssl_cli.apps.model_cli import OneLineParser, add_model_arguments, add_precision_argument, open_model, positive, run_command
 
 PROG = "ssl-predict"
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -30,6 +30,7 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 def parse_args(argv: Optional[List[str]]):
     p = OneLineParser(prog=PROG, description="Predict the classes of images with a trained model.")
     add_model_arguments(p)
+    add_precision_argument(p)
     p.add_argument("paths", nargs="+", metavar="PATHS", help="image files, folders (searched recursively) or globs")
     p.add_argument("--output", "-o", type=Path, default=Path("predictions.csv"),
                    help="where to write: .csv (default predictions.csv) or .jsonl")

@@ -240,7 +240,6 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         # What the forward passes compute in: "bf16" (autocast) or "fp32" (engine/precision.py).
         self.precision = resolve_precision(t.precision, self.device)
-        self.use_bf16 = self.precision == "bf16"
         log.info("precision %s (trainer.precision=%s, %s)", self.precision, t.precision, self.device.type)
 
         self.data_cpu = load_dataset(run.names["dataset"], run.dataset)
@@ -359,6 +358,12 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
+        # A resumed run computes as it did, whatever this CPU would pick; a checkpoint that records no
+        # precision predates bf16 on the CPU, when every CPU run was float32.
+        ran = state.get("precision") or ("fp32" if self.device.type == "cpu" else self.precision)
+        if ran != self.precision:
+            log.info("precision %s, as the checkpoint's run computed", ran)
+            self.precision = ran
         self.best = dict(state.get("best") or {})
         self.running.load_state_dict(state.get("running_metrics") or {}, self.device)
         self.elapsed = float(state.get("elapsed_seconds", 0.0))
