@@ -118,8 +118,9 @@ def test_export_onnx_matches_pytorch_with_a_dynamic_batch(trained, tmp_path, cap
 
     # ssl-predict takes the exported file too (onnxruntime) and predicts what the run's model predicts.
     capsys.readouterr()
-    for source, name in ((out, "onnx.csv"), (run, "torch.csv")):
-        assert predict_app.main([str(source), str(folder / "test"), "--output", str(tmp_path / name)]) == 0
+    for source, name in ((out, "onnx.csv"), (run, "torch.csv")):  # PyTorch in float32, as exported
+        assert predict_app.main([str(source), str(folder / "test"), "--output", str(tmp_path / name),
+                                 "--precision", "fp32"]) == 0
     onnx_rows = list(csv.DictReader((tmp_path / "onnx.csv").open()))
     torch_rows = list(csv.DictReader((tmp_path / "torch.csv").open()))
     assert [(r["path"], r["prediction"]) for r in onnx_rows] == [(r["path"], r["prediction"]) for r in torch_rows]
