@@ -1,7 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    creates .venv, installs ssl-cli, runs the default main job (SSL vs supervised on digits)
 #   make test   creates .venv, installs ssl-cli with its test extras, runs the test suite
-#   make test-fast   the same without the tests marked slow (under 2 minutes on 2 CPU cores)
+#   make test-fast   the same without the tests marked slow
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
