@@ -22,6 +22,7 @@ import torch
 import torchvision
 
 from conftest import REPO, assert_one_line_error, compose, run_cli, write_image_folder
+import ssl_cli.apps.export as export_app
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.resize import resize_images
 from ssl_cli.engine.checkpoint import upgrade_config
@@ -133,6 +134,9 @@ def test_fixmatch_from_a_weights_file_resumes_exactly_and_predicts_without_the_f
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     probs = model.probabilities(resize_images(images, (SIZE, SIZE)))
     assert probs.shape == (3, 2) and torch.allclose(probs.sum(1), torch.ones(3))
+    # ...and exports: ssl-export's onnxruntime self-check fails (exit 1) above 1e-4 from PyTorch
+    assert export_app.main([str(tmp_path / "full"), "--output", str(tmp_path / "model.onnx"), "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["self_check"]["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.slow
@@ -144,6 +148,7 @@ def test_fixmatch_trains_from_a_vit_and_a_torchvision_file(backbone, name, model
                            + ["hydra.run.dir=run"], tmp_path)
     assert code == 0, err
     assert load_model(tmp_path / "run").card["backbone"] == backbone
+    assert export_app.main([str(tmp_path / "run"), "--output", str(tmp_path / "model.onnx"), "--device", "cpu"]) == 0
 
 
 @pytest.mark.parametrize("backbone,file_of,name", [("timm", "resnet10t", "mobilenetv3_small_050"),
