@@ -101,9 +101,9 @@ def main(argv=None) -> dict:
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     labels = torch.tensor(labels)
 
-    images, kept, bad = decode_images(files, model.channels, model.image_size)
+    images, kept, bad = decode_images(files, model.channels, model.image_size, model.resize)
     assert not bad, bad[:3]
-    decode_s = best_time(lambda: decode_images(files, model.channels, model.image_size), args.repeats)
+    decode_s = best_time(lambda: decode_images(files, model.channels, model.image_size, model.resize), args.repeats)
     rows, probabilities = [], {}
     for name, m in runtimes.items():
         with torch.no_grad():

@@ -288,3 +288,19 @@ def test_progress_bar_shows_only_when_enabled(capsys):
     with inference.file_progress(10, "predict", enabled=True, console=terminal) as advance:
         advance(10)
     assert "predict" in terminal.file.getvalue() and "10/10" in terminal.file.getvalue()
+
+
+def test_prediction_decodes_new_images_with_the_runs_resize_policy(tmp_path):
+    # dataset.resize=stretch trained on squashed images; a wide photo must be squashed, not centre-cropped.
+    root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=12)
+    code, _, err = run_cli(["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=12",
+                            "dataset.resize=stretch", "dataset.num_labels=4", "method=supervised",
+                            "trainer.device=cpu", "trainer.max_steps=1", "trainer.eval_every=1",
+                            "trainer.progress_bar=false", "hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    wide = np.zeros((12, 36, 3), np.uint8)
+    wide[:, :12] = 255  # white left third: cropping the centre loses it, stretching keeps it
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    model = load_model(tmp_path / "run")
+    assert model.resize == "stretch"
+    assert model.preprocess(tmp_path / "wide.png")[:, :, :3].float().mean() > 200

@@ -50,7 +50,7 @@ def check_batch(model, paths, seed: int = 0):
     """(uint8 batch, where it came from) for the self-check."""
     if paths:
         files = list_image_files(paths)[:4 * CHECK_IMAGES]
-        images, kept, _ = decode_images(files, model.channels, model.image_size)
+        images, kept, _ = decode_images(files, model.channels, model.image_size, model.resize)
         if len(kept) == 0:
             raise UserError(f"--check-images: no readable image in {' '.join(paths)}")
         return images[:CHECK_IMAGES], f"{min(len(kept), CHECK_IMAGES)} images from {' '.join(paths)}"
@@ -103,12 +103,13 @@ def export(args) -> int:
         "opset": opset,
         "class_names": model.class_names,
         "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "shape": ["N", model.channels, h, w],
-                  "channels": model.channels, "image_size": [h, w], "range": [0, 255]},
+                  "channels": model.channels, "image_size": [h, w], "range": [0, 255], "resize": model.resize},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(model.class_names)]},
         "mean": model.card["mean"], "std": model.card["std"],
         "preprocessing": ("inside the graph: (x / 255 - mean) / std then softmax; before it: decode, apply EXIF "
-                          f"orientation, convert to {'L' if model.channels == 1 else 'RGB'}, resize the shorter "
-                          f"side to {min(h, w)} (bilinear), centre crop {h}x{w}"),
+                          f"orientation, convert to {'L' if model.channels == 1 else 'RGB'}, bring it to "
+                          f"{h}x{w} by the run's resize policy '{model.resize}' (crop: shorter side, then the "
+                          "centre; ssl_cli.data.images.load_image)"),
         "source": str(model.source), "backbone": model.card.get("backbone"), "method": model.card.get("method"),
         "evaluated_weights": model.card.get("evaluated_weights"),
         "run_test_accuracy": (summary.get("final") or {}).get("test/accuracy"),

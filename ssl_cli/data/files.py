@@ -85,13 +85,13 @@ def decode_image(source: Union[str, Path, Image.Image], channels: int, size: Tup
     return torch.from_numpy(load_image(source, image_size=height, resize=resize, channels=channels))
 
 
-def decode_images(files: Sequence[Path], channels: int, size: Tuple[int, int]
+def decode_images(files: Sequence[Path], channels: int, size: Tuple[int, int], resize: str = "crop"
                   ) -> Tuple[torch.Tensor, List[int], List[Tuple[str, str]]]:
     """(uint8 batch [n, C, H, W] of the readable files, their positions in `files`, (path, why) of the others)."""
     images, kept, bad = [], [], []
     for i, f in enumerate(files):
         try:
-            images.append(decode_image(f, channels, size))
+            images.append(decode_image(f, channels, size, resize))
             kept.append(i)
         except DECODE_ERRORS as e:
             bad.append((str(f), " ".join(str(e).split())[:200] or type(e).__name__))

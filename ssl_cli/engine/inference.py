@@ -71,7 +71,7 @@ def predict_files(model: TrainedModel, files: Sequence[Path], batch_size: int = 
     with file_progress(len(files), label, progress) as advance:
         for start in range(0, len(files), batch_size):
             part = list(files[start:start + batch_size])
-            images, kept, bad = decode_images(part, model.channels, model.image_size)
+            images, kept, bad = decode_images(part, model.channels, model.image_size, model.resize)
             unreadable += bad
             if kept:
                 chunks.append(model.probabilities(images, batch_size).cpu())
@@ -246,6 +246,7 @@ class OnnxRuntimeModel:
         self.class_names: List[str] = list(meta["class_names"])
         self.channels: int = int(meta["input"]["channels"])
         self.image_size: Tuple[int, int] = tuple(meta["input"]["image_size"])
+        self.resize: str = meta["input"].get("resize", "crop")
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads

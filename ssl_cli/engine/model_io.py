@@ -39,6 +39,7 @@ class TrainedModel(torch.nn.Module):
         self.class_names: List[str] = list(card["class_names"])
         self.channels: int = int(card["channels"])
         self.image_size: Tuple[int, int] = tuple(card["image_size"])
+        self.resize: str = card.get("resize", "crop")  # checkpoints from before dataset.resize: crop
         self.normalize = Normalizer(card["mean"], card["std"])
 
     @property
@@ -62,7 +63,7 @@ class TrainedModel(torch.nn.Module):
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """One image (a path or a PIL image) as the model's uint8 input [C, H, W]: EXIF orientation,
         the model's channels, shorter side to the input size, centre crop (ssl_cli.data.files)."""
-        return decode_image(image, self.channels, self.image_size)
+        return decode_image(image, self.channels, self.image_size, self.resize)
 
     def forward(self, images: Sequence[ImageLike]) -> Tuple[List[str], torch.Tensor]:
         """Predicted class names and class probabilities [N, classes] of a list of PIL images or paths."""

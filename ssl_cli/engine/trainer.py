@@ -326,6 +326,8 @@ class Trainer:
                 "dataset": self.run.names["dataset"], "method": self.run.names["method"],
                 "evaluated_weights": "ema" if self.ema is not None else "model",
                 "trained_precision": self.precision,
+                # how images larger than the input were brought to it (dataset.resize of image folders)
+                "resize": getattr(self.run.dataset, "resize", "crop"),
                 "linear_probe": not self.method.trains_classifier}
 
     def state_dict(self) -> dict:
