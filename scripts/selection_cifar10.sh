@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Which images to label on CIFAR-10: one SimCLR pretraining run gives the features, then FixMatch with
-# 10, 20 and 40 labels chosen by random (class-balanced), typiclust and probcover, 3 seeds each
+# 10, 20 and 40 labels chosen by random (class-balanced), uniform (label-free chance), typiclust and probcover, 3 seeds each
 # (27 jobs, two at a time, one thread each), and the report (one row per strategy and label count).
 # Results go into docs/benchmarks.md. Hours on 2 CPU cores at the default step counts.
 #
@@ -16,7 +16,7 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}   # the selfsup benchmark's SimCLR recipe
 STEPS=${STEPS:-2000}                     # FixMatch steps per job
 LABELS=${LABELS:-10,20,40}
 SEEDS=${SEEDS:-0,1,2}
-STRATEGIES=${STRATEGIES:-random,typiclust,probcover}
+STRATEGIES=${STRATEGIES:-random,uniform,typiclust,probcover}
 JOBS=${JOBS:-2}
 COMMON="trainer.device=cpu trainer.num_threads=1 trainer.progress_bar=false"
 

@@ -66,7 +66,7 @@ def main() -> None:
     cells = defaultdict(list)
     for i, r in enumerate(rows):
         cells[(r["labels"], r["strategy"])].append((r, held[i]))
-    order = ["random", "typiclust", "probcover", "kcenter", "margin", "entropy"]
+    order = ["random", "uniform", "typiclust", "probcover", "kcenter", "margin", "entropy"]
     table = []
     for (n, strategy) in sorted(cells, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99)):
         jobs = sorted(cells[(n, strategy)], key=lambda j: j[0]["seed"])

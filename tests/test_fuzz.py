@@ -144,7 +144,8 @@ VALID: List[Case] = [
     Case("dataset.num_validation", ints(0, 8)),
     Case("dataset.allow_flip", BOOL),
     Case("dataset.unlabeled_includes_labeled", BOOL),
-    Case("dataset.labeled_selection", one_of("random")),  # the others need a feature run: tests/test_selection.py
+    Case("dataset.labeled_selection", one_of("random", "uniform")),  # the others need a feature run: test_selection.py
+    Case("dataset.probcover_delta", st.one_of(floats(0.05, 2.0), one_of("null"))),  # ignored but by probcover
     Case("dataset.label_fraction", floats(0.3, 1.0), context=("dataset.num_labels=null",), combine=False),
     Case("backbone.batch_norm", BOOL),
     Case("backbone.dropout", floats(0.0, 0.9)),
@@ -261,6 +262,8 @@ INVALID: List[Case] = [
     Case("dataset.labeled_selection", st.one_of(one_of("typical", "kmeans", "Random"), NOT_A_NAME)),
     # a selector without dataset.selection_features has no features to choose with
     Case("dataset.labeled_selection", one_of("typiclust", "probcover", "kcenter", "margin", "entropy")),
+    Case("dataset.probcover_delta", st.one_of(below(0.0), one_of("0", "0.0"), st.floats(2.001, 1e6).map(repr),
+                                              NOT_A_NUMBER)),
     Case("backbone.batch_norm", NOT_A_BOOL),
     Case("backbone.dropout", st.one_of(below(0.0), st.floats(1.0, 1e6).map(repr), NOT_A_NUMBER)),
     Case("backbone.bn_momentum", st.one_of(below(0.0), one_of("0", "0.0"), above(1.0), NOT_A_NUMBER),

@@ -26,7 +26,7 @@ from ssl_cli.engine.selection import selected_split
 from ssl_cli.selection import l2_normalize, select, strategy_names
 from ssl_cli.selection.probcover import purity_delta
 
-FEATURE_STRATEGIES = ["typiclust", "probcover", "kcenter", "margin", "entropy"]
+FEATURE_STRATEGIES = ["uniform", "typiclust", "probcover", "kcenter", "margin", "entropy"]
 TINY = ["debug=smoke", "dataset.num_train=64", "dataset.num_test=16", "dataset.image_size=8", "dataset.num_validation=0",
         "dataset.num_labels=8", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2",
         "trainer.batch_size=8", "trainer.num_threads=1"]
@@ -54,7 +54,7 @@ def feature_run(tmp_path_factory):
 
 
 def test_strategy_choices_are_the_registered_selectors():
-    assert sorted(SELECTION_STRATEGIES) == strategy_names()
+    assert sorted(SELECTION_STRATEGIES) == sorted(["random", *strategy_names()])
 
 
 def test_typiclust_picks_one_central_point_per_blob():
@@ -183,6 +183,37 @@ def test_a_selected_run_records_the_selection_and_reuses_it(feature_run, tmp_pat
     assert json.loads((tmp_path / "again" / "labeled_indices.json").read_text())["labeled"] == saved["labeled"]
 
 
+def test_uniform_selection_needs_no_feature_run_and_ignores_class_balance(tmp_path):
+    # The label-free baseline: chance alone, recorded as such; unlike `random` it does not balance classes.
+    code, _, err = run_cli([*TINY, "dataset.labeled_selection=uniform", "hydra.run.dir=u"], tmp_path)
+    assert code == 0, err[-2000:]
+    saved = json.loads((tmp_path / "u" / "labeled_indices.json").read_text())
+    assert saved["selection"]["strategy"] == "uniform" and saved["selection"]["feature_run"] is None
+    assert len(saved["labeled"]) == 8
+    run = check_config(compose([*TINY, "dataset.labeled_selection=uniform"]))
+    data = load_dataset(run.names["dataset"], run.dataset)
+    per_seed = []
+    for seed in range(6):
+        split = selected_split(replace(run, seed=seed), data)
+        counts = np.bincount(data.train_labels.numpy()[split.labeled], minlength=data.num_classes)
+        per_seed.append(counts.tolist())
+        assert sum(counts) == 8
+    assert any(c != [2] * data.num_classes for c in per_seed), per_seed  # random (balanced) gives 2 each always
+
+
+def test_a_given_probcover_delta_is_used_and_recorded(feature_run, tmp_path):
+    code, _, err = run_cli([*TINY, "dataset.labeled_selection=probcover", f"dataset.selection_features={feature_run}",
+                            "dataset.probcover_delta=0.25", "hydra.run.dir=d"], tmp_path)
+    assert code == 0, err[-2000:]
+    record = json.loads((tmp_path / "d" / "labeled_indices.json").read_text())["selection"]
+    assert record["delta"] == 0.25 and record["delta_from"] == "given"
+    points, _, _ = blobs()
+    heuristic = select("probcover", points, 3, seed=0)
+    assert heuristic.info["delta_from"] == "purity heuristic"
+    given = select("probcover", points, 3, seed=0, delta=1e-6)  # tiny balls cover only their centres
+    assert given.info["delta"] == 1e-6 and given.info["coverage"] == pytest.approx(3 / len(points), abs=1e-6)
+
+
 def test_a_given_labeled_set_keeps_the_seeds_validation_split():
     labels = np.repeat(np.arange(4), 10)
     plain = make_split(labels, 4, seed=3, num_labels=8, num_validation=8)
@@ -201,6 +232,8 @@ def test_a_given_labeled_set_keeps_the_seeds_validation_split():
     (["dataset.labeled_selection=typiclust", "dataset.selection_features=/no/such/run"], ["/no/such/run"]),
     (["dataset.labeled_selection=kcenter", "dataset.selection_features=.", "dataset.labeled_indices=x.json"],
      ["set only one"]),
+    (["dataset.probcover_delta=0"], ["dataset.probcover_delta", "0"]),
+    (["dataset.probcover_delta=3"], ["dataset.probcover_delta", "2"]),
 ])
 def test_bad_selection_options_are_one_line_errors(overrides, fragments, tmp_path):
     code, _, err = run_cli([*TINY, *overrides, "hydra.run.dir=r"], tmp_path)
@@ -243,6 +276,11 @@ def test_ssl_select_on_the_runs_own_pool(feature_run, tmp_path, capsys):
     assert all(0 <= float(r["confidence"]) <= 1 and r["cluster"] != "" for r in rows)
     assert (tmp_path / "next" / "to_label.png").stat().st_size > 0
     assert json.loads((tmp_path / "next" / "selection.json").read_text())["already_labeled"] == len(labeled)
+    code, out = ssl_select([feature_run, "--budget", 5, "--strategy", "probcover", "--delta", 0.3,
+                            "--out", tmp_path / "pc"], capsys)
+    assert code == 0, out.err
+    record = json.loads((tmp_path / "pc" / "selection.json").read_text())
+    assert record["delta"] == 0.3 and record["delta_from"] == "given"
 
 
 def test_ssl_select_on_a_folder_and_a_csv(feature_run, tmp_path, capsys):
@@ -266,6 +304,7 @@ def test_ssl_select_on_a_folder_and_a_csv(feature_run, tmp_path, capsys):
     (["--budget", 0], "at least 1"),
     (["--budget", 3, "--pool", "/no/such/pool"], "/no/such/pool"),
     (["--budget", "x"], "invalid int value"),
+    (["--budget", 3, "--strategy", "probcover", "--delta", 2.5], "allowed: 0 < delta <= 2"),
 ])
 def test_ssl_select_errors_are_one_line(args, fragment, feature_run, capsys):
     code, out = ssl_select([feature_run, *args], capsys)
@@ -289,7 +328,7 @@ def test_the_cifar10_selection_script_on_tiny_data(tmp_path):
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| 4 |")]
-    assert [line.split("|")[2].strip() for line in table] == ["random", "typiclust", "probcover"]
+    assert [line.split("|")[2].strip() for line in table] == ["random", "uniform", "typiclust", "probcover"]
     assert (tmp_path / "out" / "sweep" / "report.md").is_file()
 
 

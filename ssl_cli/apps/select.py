@@ -60,6 +60,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                                                  "(default: the run's own unlabeled training images)")
     p.add_argument("--out", type=Path, default=None, help="output folder (must not exist yet)")
     p.add_argument("--seed", type=int, default=0, help="seeds k-means and random choices")
+    p.add_argument("--delta", type=float, default=None, help="ProbCover's ball radius on L2-normalised features, "
+                                                             "in (0, 2] (default: the label-free purity heuristic)")
     return p.parse_args(argv)
 
 
@@ -132,6 +134,8 @@ def run_select(args: argparse.Namespace) -> Path:
         raise UserError(f"--strategy {args.strategy}: unknown; choose one of: {', '.join(strategy_names())}")
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1, got {args.budget}")
+    if args.delta is not None and not 0 < args.delta <= 2:
+        raise UserError(f"--delta {args.delta}: a radius between unit vectors; allowed: 0 < delta <= 2")
     model = feature_model(args.run)
     out = args.out or model.source.parent / f"selection_{args.strategy}_{args.budget}"
     if out.exists():
@@ -149,7 +153,8 @@ def run_select(args: argparse.Namespace) -> Path:
     features, probabilities = pool_outputs(model, images[torch.from_numpy(positions)])
     chosen = select(args.strategy, l2_normalize(features), args.budget,
                     already=np.arange(len(candidates), len(positions)), seed=args.seed,
-                    probabilities=probabilities, num_classes=len(model.class_names), label="--strategy")
+                    probabilities=probabilities, num_classes=len(model.class_names), delta=args.delta,
+                    label="--strategy")
     picked = positions[chosen.indices]
     confidence = probabilities[chosen.indices].max(axis=1)
     guess = probabilities[chosen.indices].argmax(axis=1)

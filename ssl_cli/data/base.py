@@ -21,7 +21,9 @@ from ssl_cli.core.registry import Registry
 
 DATASETS: Registry = Registry("dataset", "dataset")
 # dataset.labeled_selection's choices: "random" plus the selectors of ssl_cli.selection (a test keeps them equal)
-SELECTION_STRATEGIES = ("random", "typiclust", "probcover", "kcenter", "margin", "entropy")
+SELECTION_STRATEGIES = ("random", "uniform", "typiclust", "probcover", "kcenter", "margin", "entropy")
+# The two that need no feature run: random (class-balanced: it reads the labels) and uniform (label-free chance).
+WITHOUT_FEATURES = ("random", "uniform")
 
 
 @dataclass
@@ -39,11 +41,15 @@ class DatasetOptions(Options):
     labeled_indices: Optional[str] = option(None, "a labeled_indices.json (or run directory) of an earlier "
                                                   "run, to reuse its split exactly")
     labeled_selection: str = option("random", "how the labeled images are chosen: random (class-balanced, "
-                                              "which needs the labels) or a selector that never reads labels, "
-                                              "on the features of dataset.selection_features (ssl_cli.selection)",
+                                              "which needs the labels), uniform (by chance, label-free) or a "
+                                              "selector that never reads labels, on the features of "
+                                              "dataset.selection_features (ssl_cli.selection)",
                                     choices=SELECTION_STRATEGIES)
     selection_features: Optional[str] = option(None, "the run (directory or checkpoint) whose model gives the "
                                                      "features (or predictions) a selector chooses with")
+    probcover_delta: Optional[float] = option(None, "ProbCover's ball radius on L2-normalised features; null: "
+                                                    "chosen without labels by the purity heuristic (other "
+                                                    "selectors ignore it)", above=0, high=2)
     allow_flip: bool = option(True, "whether augmentation may mirror images (false for digits)")
 
     def check(self) -> None:
@@ -54,7 +60,7 @@ class DatasetOptions(Options):
             if self.labeled_indices is not None:
                 raise UserError(f"dataset.labeled_selection={self.labeled_selection} and dataset.labeled_indices "
                                 f"both choose the labeled images; set only one of them")
-            if self.selection_features is None:
+            if self.selection_features is None and self.labeled_selection not in WITHOUT_FEATURES:
                 raise UserError(f"dataset.labeled_selection={self.labeled_selection} needs "
                                 f"dataset.selection_features=<run dir> (a SimCLR/BYOL run, or any ssl-train run)")
         if self.selection_features is not None and not Path(self.selection_features).expanduser().exists():

@@ -20,7 +20,7 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.data.split import Split, label_budget, make_split, selection_pool
 from ssl_cli.engine.config import RunConfig
 from ssl_cli.engine.model_io import TrainedModel, load_model
-from ssl_cli.selection import l2_normalize, select
+from ssl_cli.selection import NEEDS_NO_FEATURES, l2_normalize, select
 
 
 @torch.no_grad()
@@ -54,15 +54,19 @@ def selected_split(run: RunConfig, data) -> Split:
     labels = data.train_labels.numpy()  # for the validation split only; the selector never sees them
     pool = selection_pool(labels, data.num_classes, run.seed, d.num_validation)
     budget = label_budget(len(pool), data.num_classes, d.num_labels, d.label_fraction)
-    model = feature_model(d.selection_features, "dataset.selection_features")
-    try:
-        features, probabilities = pool_outputs(model, data.train_images[torch.from_numpy(pool)])
-    except UserError as e:
-        raise UserError(f"dataset.selection_features={d.selection_features}: {e}") from None
-    chosen = select(d.labeled_selection, l2_normalize(features), budget, seed=run.seed,
-                    probabilities=probabilities, num_classes=data.num_classes, label="dataset.labeled_selection")
+    if d.labeled_selection in NEEDS_NO_FEATURES and d.selection_features is None:
+        features, probabilities, feature_run = np.zeros((len(pool), 1), dtype=np.float32), None, None
+    else:
+        model = feature_model(d.selection_features, "dataset.selection_features")
+        try:
+            features, probabilities = pool_outputs(model, data.train_images[torch.from_numpy(pool)])
+        except UserError as e:
+            raise UserError(f"dataset.selection_features={d.selection_features}: {e}") from None
+        feature_run = str(model.source)
+    chosen = select(d.labeled_selection, l2_normalize(features), budget, seed=run.seed, probabilities=probabilities,
+                    num_classes=data.num_classes, delta=d.probcover_delta, label="dataset.labeled_selection")
     labeled = pool[chosen.indices]
-    record = {"strategy": d.labeled_selection, "feature_run": str(model.source), "seed": run.seed,
+    record = {"strategy": d.labeled_selection, "feature_run": feature_run, "seed": run.seed,
               "budget": budget, **chosen.info, "picked_in_order": labeled.tolist()}
     return make_split(labels, data.num_classes, run.seed, num_validation=d.num_validation,
                       unlabeled_includes_labeled=d.unlabeled_includes_labeled, labeled=labeled, selection=record)

@@ -5,6 +5,6 @@ runs one. The engine computes the features (ssl_cli.engine.selection); this laye
 """
 
 from ssl_cli.selection import kcenter, probcover, typiclust, uncertainty, uniform  # noqa: F401  (registers them)
-from ssl_cli.selection.base import NEEDS_PREDICTIONS, SELECTORS, Selection, l2_normalize, select, strategy_names
+from ssl_cli.selection.base import NEEDS_NO_FEATURES, NEEDS_PREDICTIONS, SELECTORS, Selection, l2_normalize, select, strategy_names
 
-__all__ = ["NEEDS_PREDICTIONS", "SELECTORS", "Selection", "l2_normalize", "select", "strategy_names"]
+__all__ = ["NEEDS_NO_FEATURES", "NEEDS_PREDICTIONS", "SELECTORS", "Selection", "l2_normalize", "select", "strategy_names"]

@@ -26,6 +26,7 @@ class Selection:
 Selector = Callable[..., Selection]
 SELECTORS: Dict[str, Selector] = {}
 NEEDS_PREDICTIONS = {"margin", "entropy"}
+NEEDS_NO_FEATURES = {"uniform"}  # picks by chance alone
 
 
 def register(name: str) -> Callable[[Selector], Selector]:
@@ -48,8 +49,11 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
 
 def select(strategy: str, features: np.ndarray, budget: int, already=(), seed: int = 0,
            probabilities: Optional[np.ndarray] = None, num_classes: Optional[int] = None,
-           label: str = "--strategy") -> Selection:
-    """Runs one selector after the checks every selector shares (name, budget against the pool)."""
+           delta: Optional[float] = None, label: str = "--strategy") -> Selection:
+    """Runs one selector after the checks every selector shares (name, budget against the pool).
+
+    `delta` fixes ProbCover's ball radius instead of its label-free purity heuristic (other selectors ignore it).
+    """
     if strategy not in SELECTORS:
         raise UserError(f"{label}={strategy}: unknown selection strategy; choose one of: {', '.join(strategy_names())}")
     already = np.unique(np.asarray(already, dtype=np.int64))
@@ -60,6 +64,6 @@ def select(strategy: str, features: np.ndarray, budget: int, already=(), seed: i
     if strategy in NEEDS_PREDICTIONS and probabilities is None:
         raise UserError(f"{label}={strategy} needs a trained model's predictions")
     result = SELECTORS[strategy](np.asarray(features, dtype=np.float32), budget, already, seed,
-                                 probabilities=probabilities, num_classes=num_classes)
+                                 probabilities=probabilities, num_classes=num_classes, delta=delta)
     assert len(result.indices) == budget and not np.isin(result.indices, already).any()
     return result

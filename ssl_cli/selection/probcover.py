@@ -69,6 +69,7 @@ def coverage(features: np.ndarray, chosen: np.ndarray, delta: float) -> float:
 def select_probcover(features, budget, already, seed, probabilities=None, num_classes: Optional[int] = None,
                      delta: Optional[float] = None, **_) -> Selection:
     n = len(features)
+    delta_from = "given" if delta is not None else "purity heuristic"
     if delta is None:
         k = num_classes or (probabilities.shape[1] if probabilities is not None else 10)
         delta = purity_delta(features, cluster(l2_normalize(features), k, seed))
@@ -93,4 +94,5 @@ def select_probcover(features, budget, already, seed, probabilities=None, num_cl
         picks.append(chosen)
     picks = np.asarray(picks, dtype=np.int64)
     reached = coverage(features, np.concatenate([np.asarray(already, dtype=np.int64), picks]), delta)
-    return Selection(picks, {"delta": round(float(delta), 6), "coverage": round(reached, 6)})
+    return Selection(picks, {"delta": round(float(delta), 6), "delta_from": delta_from,
+                            "coverage": round(reached, 6)})
