@@ -23,7 +23,8 @@ from ssl_cli.core import distributed as cd
 from ssl_cli.core.errors import UserError
 from ssl_cli.engine.checkpoint import load_checkpoint
 from ssl_cli.engine.distributed import uses_sync_batchnorm
-from ssl_cli.losses.pseudo_labels import DistributionAlignment
+from ssl_cli.losses.pseudo_labels import (ClassWiseThreshold, DistributionAlignment, SelfAdaptiveThreshold,
+                                         TruncatedGaussianWeight)
 from ssl_cli.losses.selfsup import nt_xent
 
 # digits, the cnn, a fixed batch: 1 process with batch 64 and 2 ranks with global batch 64 see the same images.
@@ -118,6 +119,19 @@ def test_new_trainer_options_are_declared():
 # --------------------------------------------------------------------------- whole-batch statistics (2 processes)
 
 
+def adaptive_states(probs, indices) -> dict:
+    """FlexMatch's, FreeMatch's and SoftMatch's state after one update with these images' predictions."""
+    flex = ClassWiseThreshold(num_unlabeled=8, num_classes=3, threshold=0.4)
+    flex.update(probs, indices)
+    free = SelfAdaptiveThreshold(3, momentum=0.5)
+    free.update(probs)
+    soft = TruncatedGaussianWeight(3, momentum=0.5)
+    soft.update(probs)
+    return {"selected_label": flex.selected_label, "learning_effect": flex.learning_effect,
+            "global_threshold": free.global_threshold, "class_probs": free.class_probs,
+            "gauss_mean": soft.mean, "gauss_variance": soft.variance}
+
+
 def _gather_worker(rank: int, world: int, init_file: str, out_dir: str):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -133,14 +147,16 @@ def _gather_worker(rank: int, world: int, init_file: str, out_dir: str):
     torch.distributed.all_reduce(loss)
     align = DistributionAlignment([1 / 3] * 3, momentum=0.5)
     align.update(probs[mine])
-    torch.save({"loss": loss / world, "grads": grads, "model_probs": align.model_probs}, f"{out_dir}/{rank}.pt")
+    torch.save({"loss": loss / world, "grads": grads, "model_probs": align.model_probs,
+                **adaptive_states(probs[mine], torch.arange(8)[mine])}, f"{out_dir}/{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_simclr_negatives_and_distribution_alignment_use_the_whole_global_batch(tmp_path):
     """2 ranks of 4 pairs each: the same NT-Xent loss and gradients as one process with all 8 pairs (the
-    negatives come from every rank), and distribution alignment's running mean over all 8 predictions."""
+    negatives come from every rank), and distribution alignment's running mean over all 8 predictions; the
+    adaptive thresholds' state (FlexMatch, FreeMatch, SoftMatch) equal on both ranks and to one process's."""
     mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     z1, z2 = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True)
@@ -149,12 +165,17 @@ def test_simclr_negatives_and_distribution_alignment_use_the_whole_global_batch(
     loss.backward()
     align = DistributionAlignment([1 / 3] * 3, momentum=0.5)
     align.update(probs)
+    whole = adaptive_states(probs, torch.arange(8))
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     for r, got in enumerate(ranks):
         assert torch.allclose(got["loss"], loss, atol=1e-6)
         mine = slice(4 * r, 4 * r + 4)
         assert torch.allclose(got["grads"], torch.cat([z1.grad[mine], z2.grad[mine]]), atol=1e-6)
         assert torch.allclose(got["model_probs"], align.model_probs, atol=1e-6)
+        for key, value in whole.items():
+            assert torch.allclose(got[key].float(), value.float(), atol=1e-6), key
+    # the images are confident enough that some get claimed: FlexMatch's state moved
+    assert (whole["selected_label"] >= 0).sum() >= 2 and (whole["selected_label"][:4] >= 0).any()
 
 
 # --------------------------------------------------------------------------- torchrun, 2 ranks (must-show 1-4)

@@ -79,6 +79,8 @@ class ClassWiseThreshold(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, indices: torch.Tensor) -> None:
+        # Under torchrun every rank records every rank's images (their pool positions), so all keep one state.
+        probs, indices = all_gather(probs), all_gather(indices)
         confidence, label = probs.max(dim=1)
         confident = confidence > self.threshold
         current = self.selected_label[indices]
@@ -115,6 +117,7 @@ class SelfAdaptiveThreshold(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
+        probs = all_gather(probs)  # under torchrun: EMAs of the whole global batch, as in one process
         m = self.momentum
         self.global_threshold.mul_(m).add_((1 - m) * probs.max(dim=1).values.mean())
         self.class_probs.mul_(m).add_((1 - m) * probs.mean(dim=0))
@@ -216,7 +219,7 @@ class TruncatedGaussianWeight(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
-        confidence = probs.max(dim=1).values
+        confidence = all_gather(probs).max(dim=1).values  # the whole global batch under torchrun
         m = self.momentum
         self.mean.mul_(m).add_((1 - m) * confidence.mean())
         if confidence.numel() > 1:  # the unbiased variance of one value is undefined

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ssl_cli.core.distributed import all_gather
 from ssl_cli.core.options import option
 from ssl_cli.losses.pseudo_labels import DistributionAlignment, relative_threshold
 from ssl_cli.methods.base import METHODS, ThresholdOptions
@@ -43,6 +44,6 @@ class AdaMatch(FixMatch):
     @torch.no_grad()
     def update_state(self, outputs) -> None:
         super().update_state(outputs)  # the unlabeled EMA
-        labeled = torch.cat([o.state["probs_labeled"] for o in outputs]).mean(dim=0)
+        labeled = all_gather(torch.cat([o.state["probs_labeled"] for o in outputs])).mean(dim=0)
         m = self.options.ema_momentum
         self.alignment.target.mul_(m).add_((1 - m) * labeled)
