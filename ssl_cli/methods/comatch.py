@@ -18,7 +18,6 @@ starts after `warmup_steps` (USB: after the first epoch).
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ssl_cli.core.distributed import all_gather
 from ssl_cli.core.errors import UserError
@@ -98,11 +97,13 @@ class CoMatch(Method):
             "alignment_spread": model_probs.max() - model_probs.min(),
             "queue_filled": self.queue.filled.float() / o.queue_size,
         }
+        # (scatter_, not one_hot, which checks the labels' range on the host: a sync on CUDA)
+        one_hot = weak_probs.new_zeros(n, weak_probs.shape[1]).scatter_(1, batch.labels[:, None], 1.0)
         # The memory keeps the weak embeddings with their aligned (unsmoothed) probabilities, and the
         # labeled embeddings with their one-hot labels, as in the reference code.
         state = {"raw_weak_probs": raw_weak_probs,
                  "queue_feats": torch.cat([z_weak, z[:n].detach()]),
-                 "queue_probs": torch.cat([weak_probs, F.one_hot(batch.labels, weak_probs.shape[1]).float()])}
+                 "queue_probs": torch.cat([weak_probs, one_hot])}
         return StepOutput(loss, metrics, state)
 
     def after_step(self, model, step: int, outputs) -> None:
