@@ -52,7 +52,8 @@ BASE = ["debug=smoke", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.c
 TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8", "dataset.num_labels=8",
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
-               **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda")},
+               **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda",
+                                                             "simmatch", "comatch")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -126,6 +127,7 @@ FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudo
                                            ("method=byol",), ("method=selfsup",))
 FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
                               ("method=adamatch",), ("method=uda",))
+SIMM, COM = ("method=simmatch",), ("method=comatch",)
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
@@ -190,6 +192,19 @@ VALID: List[Case] = [
     Case("method.temperature", floats(0.05, 1.0), context=UDA, combine=False),
     Case("method.tsa_schedule", one_of("none", "linear", "exp", "log"), context=UDA, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
+    Case("method.temperature", floats(0.05, 1.0), context=SIMM, combine=False),
+    Case("method.projection_dim", ints(1, 16), context=SIMM, combine=False),
+    Case("method.smoothing_alpha", floats(0.0, 1.0), context=SIMM, combine=False),
+    Case("method.alignment_length", ints(1, 4), context=SIMM, combine=False),
+    Case("method.warmup_steps", ints(0, 2), context=SIMM, combine=False),
+    Case("method.bank_momentum", floats(0.0, 0.99), context=SIMM, combine=False),
+    Case("method.in_loss_weight", floats(0.0, 2.0), context=SIMM, combine=False),
+    Case("method.warmup_steps", ints(0, 2), context=COM, combine=False),
+    Case("method.smoothing_alpha", floats(0.0, 1.0), context=COM, combine=False),
+    Case("method.queue_size", ints(24, 64), context=COM, combine=False),  # holds a step of the tiny batch
+    Case("method.graph_threshold", floats(0.0, 1.0), context=COM, combine=False),
+    Case("method.contrastive_weight", floats(0.0, 2.0), context=COM, combine=False),
+    Case("method.contrastive_view", one_of("strong", "contrastive"), context=COM, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMCLR, combine=False),
     Case("method.hidden_dim", ints(1, 16), context=BYOL, combine=False),
     Case("method.target_decay", floats(0.0, 0.999), context=BYOL, combine=False),
@@ -208,7 +223,7 @@ VALID: List[Case] = [
     Case("scheduler.warmup_steps", ints(0, 2)),
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
     Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
-                          "freematch", "softmatch", "adamatch", "uda"), combine=False),
+                          "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -301,6 +316,17 @@ INVALID: List[Case] = [
     Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=UDA),
     Case("method.tsa_schedule", st.one_of(one_of("cosine", "Linear"), NOT_A_NAME), context=UDA),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
+    Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMM),
+    Case("method.projection_dim", positive_int_invalid(), context=COM),
+    Case("method.smoothing_alpha", probability_invalid(), context=SIMM),
+    Case("method.alignment_length", positive_int_invalid(), context=SIMM),
+    Case("method.warmup_steps", st.one_of(ints(-100, -1), one_of("1.5", "abc", "nan")), context=COM),
+    Case("method.bank_momentum", st.one_of(below(0.0), one_of("1", "1.0"), above(1.0), NOT_A_NUMBER), context=SIMM),
+    Case("method.in_loss_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=SIMM),
+    Case("method.queue_size", positive_int_invalid(), context=COM),
+    Case("method.graph_threshold", probability_invalid(), context=COM),
+    Case("method.contrastive_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=COM),
+    Case("method.contrastive_view", st.one_of(one_of("weak", "Strong", "simclr"), NOT_A_NAME), context=COM),
     Case("method.projection_dim", positive_int_invalid(), context=SIMCLR),
     Case("method.hidden_dim", positive_int_invalid(), context=BYOL),
     Case("method.target_decay", probability_invalid(), context=BYOL),
@@ -413,7 +439,7 @@ def known_keys(*overrides: str) -> set:
 # Keys of every method and optimiser (a name unknown to one method may be a key of another).
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
-                                                  "method=adamatch", "method=uda",
+                                                  "method=adamatch", "method=uda", "method=simmatch", "method=comatch",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
                                                   "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"

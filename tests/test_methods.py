@@ -255,7 +255,8 @@ def test_uda_tsa_drops_labeled_images_predicted_above_the_annealed_threshold():
 def test_every_registered_method_has_a_view_test():
     # A new method must come with a test here that pins its views.
     tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup",
-              "flexmatch", "freematch", "softmatch", "adamatch", "uda"}
+              "flexmatch", "freematch", "softmatch", "adamatch", "uda",
+              "simmatch", "comatch"}  # the last two: tests/test_methods_contrastive.py
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -268,7 +269,7 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
-                                    "freematch", "softmatch", "adamatch", "uda"])
+                                    "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
     extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
@@ -279,7 +280,7 @@ def test_each_method_beats_chance(method, tmp_path):
 
 # --------------------------------------------------------------------------- resume exactness
 
-ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda"]
+ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"]
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
@@ -291,6 +292,8 @@ def test_adaptive_state_survives_a_checkpoint_exactly(method, tmp_path):
         overrides.append("method.distribution_alignment=true")
     if method == "flexmatch":  # a random network's images rarely reach 0.95 in six steps: nothing claimed
         overrides.append("method.confidence_threshold=0.3")
+    if method in ("simmatch", "comatch"):  # use the bank / queue from step 2 on, across the checkpoint
+        overrides.append("method.warmup_steps=2")
     for sub in "abcd":
         (tmp_path / sub).mkdir()
     straight = trainer_for(overrides, tmp_path / "a")

@@ -4,4 +4,6 @@ classification  cross-entropy with hard or soft targets (masked or not), ramp-up
 pseudo_labels   confidence thresholds (fixed, class-wise, self-adaptive), sharpening, distribution
                 alignment, mixup
 selfsup         SimCLR's NT-Xent, BYOL's regression loss, the contrastive accuracy monitor
+memory          FIFO queue, labeled memory bank, queue-based alignment; SimMatch's propagation, CoMatch's
+                smoothing, pseudo-label graph and graph contrastive loss
 """

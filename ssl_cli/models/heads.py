@@ -5,7 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 
-def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """SimCLR's MLP: linear, BatchNorm, ReLU, linear (also BYOL's projector and predictor)."""
+def projection_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:
+    """SimCLR's MLP: linear, BatchNorm, ReLU, linear (also BYOL's projector and predictor).
+
+    batch_norm=False gives the head of USB's SimMatch and CoMatch: linear (with bias), ReLU, linear.
+    """
+    if not batch_norm:
+        return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
     return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
                          nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
