@@ -4,4 +4,5 @@ classification  cross-entropy with hard or soft targets (masked or not), ramp-up
 pseudo_labels   confidence thresholds (fixed, class-wise, self-adaptive), sharpening, distribution
                 alignment, mixup
 selfsup         SimCLR's NT-Xent, BYOL's regression loss, the contrastive accuracy monitor
+consistency     Π-model and Mean Teacher MSE, KL and entropy, VAT's adversarial perturbation
 """
