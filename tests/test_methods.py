@@ -255,7 +255,9 @@ def test_uda_tsa_drops_labeled_images_predicted_above_the_annealed_threshold():
 def test_every_registered_method_has_a_view_test():
     # A new method must come with a test here that pins its views.
     tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup",
-              "flexmatch", "freematch", "softmatch", "adamatch", "uda"}
+              "flexmatch", "freematch", "softmatch", "adamatch", "uda",
+              # tests/test_methods_consistency.py
+              "dash", "pimodel", "meanteacher", "vat"}
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -268,10 +270,13 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
-                                    "freematch", "softmatch", "adamatch", "uda"])
+                                    "freematch", "softmatch", "adamatch", "uda", "dash", "pimodel", "meanteacher",
+                                    "vat"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
     extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
+    if method == "dash":  # its unlabeled loss starts after the supervised warm-up
+        extra += ["method.warmup_steps=10", "method.threshold_update_steps=5"]
     summary = trainer_for(LEARN + [f"method={method}", *extra], tmp_path).fit()
     assert summary["status"] == "completed"
     assert summary["final"]["test/accuracy"] > 0.5, summary["final"]
@@ -279,7 +284,8 @@ def test_each_method_beats_chance(method, tmp_path):
 
 # --------------------------------------------------------------------------- resume exactness
 
-ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda"]
+ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "dash"]
+# Π-model, Mean Teacher and VAT keep no state beyond the weights and the EMA: tests/test_methods_consistency.py
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
@@ -289,6 +295,8 @@ def test_adaptive_state_survives_a_checkpoint_exactly(method, tmp_path):
                  "trainer.batch_size=8", "trainer.num_threads=1"]
     if method in ("fixmatch", "uda"):  # their state: the alignment's running mean
         overrides.append("method.distribution_alignment=true")
+    if method == "dash":  # the labeled-loss EMA moves in the warm-up, the threshold at each update after it
+        overrides += ["method.warmup_steps=2", "method.threshold_update_steps=2"]
     if method == "flexmatch":  # a random network's images rarely reach 0.95 in six steps: nothing claimed
         overrides.append("method.confidence_threshold=0.3")
     for sub in "abcd":
