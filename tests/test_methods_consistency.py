@@ -73,8 +73,8 @@ def test_pimodel_trains_the_first_view_towards_the_second_with_the_ramped_weight
     assert torch.allclose(model.bias.grad, bias.grad, atol=1e-7)
     # The other way round (the first view as the target) has the same loss value but another gradient.
     swapped = torch.zeros(3, requires_grad=True)
-    (F.cross_entropy(TABLE[[0, 1]] + swapped, LABELS) + 5.0 * (torch.softmax(TABLE[[4, 5]] + swapped, 1)
-                                                              - torch.softmax(TABLE[[2, 3]], 1)).pow(2).mean()).backward()
+    swapped_mse = (torch.softmax(TABLE[[4, 5]] + swapped, 1) - torch.softmax(TABLE[[2, 3]], 1)).pow(2).mean()
+    (F.cross_entropy(TABLE[[0, 1]] + swapped, LABELS) + 5.0 * swapped_mse).backward()
     assert not torch.allclose(model.bias.grad, swapped.grad, atol=1e-4)  # exact for any ξ: ξ = 0.1 keeps float32 precise
 
 
@@ -110,7 +110,7 @@ def test_meanteacher_mse_between_the_student_and_the_ema_teacher_by_hand():
     ema.model.modes.clear()
     out = method.training_step(student, consistency_batch(), 0)
     out.loss.backward()
-    # Student: codes 2, 3 (bias 0); teacher: codes 4, 5 with its own bias. By hand for row 0:
+    # Student: codes 2, 3 (bias 0); teacher: codes 4, 5 with its own bias; squared error per class.
     p = torch.softmax(TABLE[[2, 3]], dim=1)
     q = torch.softmax(TABLE[[4, 5]] + teacher_bias, dim=1)
     unsup = ((p - q) ** 2).sum() / 6  # mean over 2 images x 3 classes
