@@ -53,7 +53,7 @@ TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
                **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda",
-                                                             "simmatch", "comatch")},
+                                                             "simmatch", "comatch", "dash")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -128,6 +128,7 @@ FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudo
 FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
                               ("method=adamatch",), ("method=uda",))
 SIMM, COM = ("method=simmatch",), ("method=comatch",)
+DASH, PI, MT, VAT = ("method=dash",), ("method=pimodel",), ("method=meanteacher",), ("method=vat",)
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
@@ -191,6 +192,18 @@ VALID: List[Case] = [
     Case("method.uniform_alignment", BOOL, context=SOFT, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=UDA, combine=False),
     Case("method.tsa_schedule", one_of("none", "linear", "exp", "log"), context=UDA, combine=False),
+    Case("method.temperature", floats(0.05, 1.0), context=DASH, combine=False),
+    Case("method.warmup_steps", ints(1, 3), context=DASH, combine=False),
+    Case("method.threshold_decay", floats(1.0, 3.0), context=DASH, combine=False),
+    Case("method.threshold_scale", floats(0.01, 2.0), context=DASH, combine=False),
+    Case("method.min_threshold", floats(0.001, 1.0), context=DASH, combine=False),
+    Case("method.threshold_update_steps", ints(1, 3), context=DASH, combine=False),
+    Case("method.warmup_fraction", floats(0.0, 1.0), context=PI, combine=False),
+    Case("method.warmup_fraction", floats(0.0, 1.0), context=MT, combine=False),
+    Case("method.perturbation_norm", floats(0.01, 10.0), context=VAT, combine=False),
+    Case("method.finite_difference", floats(1e-8, 1.0), context=VAT, combine=False),
+    Case("method.power_iterations", ints(1, 2), context=VAT, combine=False),
+    Case("method.entropy_weight", floats(0.0, 1.0), context=VAT, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMM, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMM, combine=False),
@@ -223,7 +236,8 @@ VALID: List[Case] = [
     Case("scheduler.warmup_steps", ints(0, 2)),
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
     Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
-                          "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"), combine=False),
+                          "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash", "pimodel",
+                          "meanteacher", "vat"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -315,6 +329,18 @@ INVALID: List[Case] = [
     Case("method.uniform_alignment", NOT_A_BOOL, context=SOFT),
     Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=UDA),
     Case("method.tsa_schedule", st.one_of(one_of("cosine", "Linear"), NOT_A_NAME), context=UDA),
+    Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=DASH),
+    Case("method.warmup_steps", positive_int_invalid(), context=DASH),
+    Case("method.threshold_decay", st.one_of(below(1.0), one_of("0.5"), NOT_A_NUMBER), context=DASH),
+    Case("method.threshold_scale", st.one_of(below(0.0), one_of("0"), NOT_A_NUMBER), context=DASH),
+    Case("method.min_threshold", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=DASH),
+    Case("method.threshold_update_steps", positive_int_invalid(), context=DASH),
+    Case("method.warmup_fraction", probability_invalid(), context=MT),
+    Case("trainer.ema_decay", one_of("0", "0.0"), context=MT),  # its teacher is the EMA
+    Case("method.perturbation_norm", st.one_of(below(0.0), one_of("0"), NOT_A_NUMBER), context=VAT),
+    Case("method.finite_difference", st.one_of(below(0.0), one_of("0.0"), NOT_A_NUMBER), context=VAT),
+    Case("method.power_iterations", st.one_of(one_of("0", "11", "1.5"), NOT_A_NUMBER), context=VAT),
+    Case("method.entropy_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=VAT),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMM),
     Case("method.projection_dim", positive_int_invalid(), context=COM),
@@ -440,6 +466,7 @@ def known_keys(*overrides: str) -> set:
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
                                                   "method=adamatch", "method=uda", "method=simmatch", "method=comatch",
+                                                  "method=dash", "method=pimodel", "method=meanteacher", "method=vat",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
                                                   "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"

@@ -256,7 +256,8 @@ def test_every_registered_method_has_a_view_test():
     # A new method must come with a test here that pins its views.
     tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup",
               "flexmatch", "freematch", "softmatch", "adamatch", "uda",
-              "simmatch", "comatch"}  # the last two: tests/test_methods_contrastive.py
+              "simmatch", "comatch",  # tests/test_methods_contrastive.py
+              "dash", "pimodel", "meanteacher", "vat"}  # tests/test_methods_consistency.py
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -269,10 +270,13 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
-                                    "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"])
+                                    "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash",
+                                    "pimodel", "meanteacher", "vat"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
     extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
+    if method == "dash":  # its unlabeled loss starts after the supervised warm-up
+        extra += ["method.warmup_steps=10", "method.threshold_update_steps=5"]
     summary = trainer_for(LEARN + [f"method={method}", *extra], tmp_path).fit()
     assert summary["status"] == "completed"
     assert summary["final"]["test/accuracy"] > 0.5, summary["final"]
@@ -280,7 +284,8 @@ def test_each_method_beats_chance(method, tmp_path):
 
 # --------------------------------------------------------------------------- resume exactness
 
-ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch"]
+ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash"]
+# Π-model, Mean Teacher and VAT keep no state beyond the weights and the EMA: tests/test_methods_consistency.py
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)
@@ -290,6 +295,8 @@ def test_adaptive_state_survives_a_checkpoint_exactly(method, tmp_path):
                  "trainer.batch_size=8", "trainer.num_threads=1"]
     if method in ("fixmatch", "uda"):  # their state: the alignment's running mean
         overrides.append("method.distribution_alignment=true")
+    if method == "dash":  # the labeled-loss EMA moves in the warm-up, the threshold at each update after it
+        overrides += ["method.warmup_steps=2", "method.threshold_update_steps=2"]
     if method == "flexmatch":  # a random network's images rarely reach 0.95 in six steps: nothing claimed
         overrides.append("method.confidence_threshold=0.3")
     if method in ("simmatch", "comatch"):  # use the bank / queue from step 2 on, across the checkpoint

@@ -104,11 +104,13 @@ def test_benchmark_errors_are_one_line(capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["fixmatch", "fixmatch+da", "flexmatch", "freematch", "softmatch", "adamatch", "uda",
-                                    "simmatch", "comatch"])
+                                    "simmatch", "comatch", "dash", "pimodel", "meanteacher", "vat"])
 def test_cuda_training_step_never_waits_for_the_device(method, tmp_path):
     extra = ["method=fixmatch", "method.distribution_alignment=true"] if method == "fixmatch+da" else [f"method={method}"]
     if method in ("simmatch", "comatch"):  # use the bank / queue within the 40 steps
         extra.append("method.warmup_steps=5")
+    if method == "dash":  # past the warm-up and across threshold updates within the 40 steps
+        extra += ["method.warmup_steps=5", "method.threshold_update_steps=10"]
     trainer = trainer_for(["dataset=synthetic", "dataset.image_size=32", "dataset.num_train=512",
                            "trainer.device=cuda", *extra, "backbone=wrn28_2", "trainer.batch_size=16",
                            "trainer.progress_bar=false"], tmp_path)

@@ -6,4 +6,5 @@ pseudo_labels   confidence thresholds (fixed, class-wise, self-adaptive), sharpe
 selfsup         SimCLR's NT-Xent, BYOL's regression loss, the contrastive accuracy monitor
 memory          FIFO queue, labeled memory bank, queue-based alignment; SimMatch's propagation, CoMatch's
                 smoothing, pseudo-label graph and graph contrastive loss
+consistency     Π-model and Mean Teacher MSE, KL and entropy, VAT's adversarial perturbation
 """

@@ -1,7 +1,8 @@
 """Training methods, one module each, all registered by name in METHODS (importing this registers them)."""
 
-from ssl_cli.methods import (adamatch, byol, comatch, fixmatch, flexmatch, freematch, pseudolabel,  # noqa: F401
-                             selfsup, simclr, simmatch, softmatch, supervised, uda)  # (registers)
+from ssl_cli.methods import (adamatch, byol, comatch, dash, fixmatch, flexmatch, freematch, meanteacher,  # noqa: F401
+                             pimodel, pseudolabel, selfsup, simclr, simmatch, softmatch, supervised, uda,
+                             vat)  # (registers)
 from ssl_cli.methods.base import METHODS, Method, MethodOptions, StepOutput
 
 __all__ = ["METHODS", "Method", "MethodOptions", "StepOutput"]
