@@ -52,7 +52,8 @@ BASE = ["debug=smoke", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.c
 TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8", "dataset.num_labels=8",
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
-               **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda")},
+               **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda",
+                                                      "mixmatch")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -126,6 +127,7 @@ FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudo
                                            ("method=byol",), ("method=selfsup",))
 FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
                               ("method=adamatch",), ("method=uda",))
+MIX = ("method=mixmatch",)
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
@@ -188,6 +190,10 @@ VALID: List[Case] = [
     Case("method.uniform_alignment", BOOL, context=SOFT, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=UDA, combine=False),
     Case("method.tsa_schedule", one_of("none", "linear", "exp", "log"), context=UDA, combine=False),
+    Case("method.temperature", floats(0.05, 1.0), context=MIX, combine=False),
+    Case("method.mixup_alpha", floats(0.05, 4.0), context=MIX, combine=False),
+    Case("method.warmup_fraction", floats(0.0, 1.0), context=MIX, combine=False),
+    Case("method.unlabeled_weight", floats(0.0, 100.0), context=MIX, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMCLR, combine=False),
     Case("method.hidden_dim", ints(1, 16), context=BYOL, combine=False),
@@ -207,7 +213,7 @@ VALID: List[Case] = [
     Case("scheduler.warmup_steps", ints(0, 2)),
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
     Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
-                          "freematch", "softmatch", "adamatch", "uda"), combine=False),
+                          "freematch", "softmatch", "adamatch", "uda", "mixmatch"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -297,6 +303,9 @@ INVALID: List[Case] = [
     Case("method.uniform_alignment", NOT_A_BOOL, context=SOFT),
     Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=UDA),
     Case("method.tsa_schedule", st.one_of(one_of("cosine", "Linear"), NOT_A_NAME), context=UDA),
+    Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=MIX),
+    Case("method.mixup_alpha", st.one_of(below(0.0), one_of("0", "0.0"), above(100.0), NOT_A_NUMBER), context=MIX),
+    Case("method.warmup_fraction", probability_invalid(), context=MIX),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
     Case("method.projection_dim", positive_int_invalid(), context=SIMCLR),
     Case("method.hidden_dim", positive_int_invalid(), context=BYOL),
@@ -410,7 +419,7 @@ def known_keys(*overrides: str) -> set:
 # Keys of every method and optimiser (a name unknown to one method may be a key of another).
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
-                                                  "method=adamatch", "method=uda",
+                                                  "method=adamatch", "method=uda", "method=mixmatch",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
                                                   "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"
