@@ -53,7 +53,7 @@ TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
                **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda",
-                                                      "mixmatch")},
+                                                      "mixmatch", "remixmatch")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -127,7 +127,7 @@ FIXMATCH, PSEUDO, SIMCLR, BYOL, SELFSUP = (("method=fixmatch",), ("method=pseudo
                                            ("method=byol",), ("method=selfsup",))
 FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("method=softmatch",),
                               ("method=adamatch",), ("method=uda",))
-MIX = ("method=mixmatch",)
+MIX, REMIX = ("method=mixmatch",), ("method=remixmatch",)
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
@@ -194,6 +194,10 @@ VALID: List[Case] = [
     Case("method.mixup_alpha", floats(0.05, 4.0), context=MIX, combine=False),
     Case("method.warmup_fraction", floats(0.0, 1.0), context=MIX, combine=False),
     Case("method.unlabeled_weight", floats(0.0, 100.0), context=MIX, combine=False),
+    Case("method.premix_weight", floats(0.0, 1.0), context=REMIX, combine=False),
+    Case("method.rotation_weight", floats(0.0, 1.0), context=REMIX, combine=False),
+    Case("method.alignment_momentum", floats(0.0, 0.999), context=REMIX, combine=False),
+    Case("method.mixup_alpha", floats(0.05, 4.0), context=REMIX, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMCLR, combine=False),
     Case("method.hidden_dim", ints(1, 16), context=BYOL, combine=False),
@@ -213,7 +217,8 @@ VALID: List[Case] = [
     Case("scheduler.warmup_steps", ints(0, 2)),
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
     Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
-                          "freematch", "softmatch", "adamatch", "uda", "mixmatch"), combine=False),
+                          "freematch", "softmatch", "adamatch", "uda", "mixmatch",
+                          "remixmatch"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -306,6 +311,10 @@ INVALID: List[Case] = [
     Case("method.temperature", st.one_of(below(0.0), one_of("0"), above(1.0), NOT_A_NUMBER), context=MIX),
     Case("method.mixup_alpha", st.one_of(below(0.0), one_of("0", "0.0"), above(100.0), NOT_A_NUMBER), context=MIX),
     Case("method.warmup_fraction", probability_invalid(), context=MIX),
+    Case("method.premix_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=REMIX),
+    Case("method.rotation_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=REMIX),
+    Case("method.alignment_momentum", st.one_of(below(0.0), one_of("1", "1.0"), above(1.0), NOT_A_NUMBER),
+         context=REMIX),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
     Case("method.projection_dim", positive_int_invalid(), context=SIMCLR),
     Case("method.hidden_dim", positive_int_invalid(), context=BYOL),
@@ -420,6 +429,7 @@ def known_keys(*overrides: str) -> set:
 ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseudolabel", "method=simclr",
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
                                                   "method=adamatch", "method=uda", "method=mixmatch",
+                                                  "method=remixmatch",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
                                                   "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"

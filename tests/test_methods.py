@@ -256,7 +256,7 @@ def test_every_registered_method_has_a_view_test():
     # A new method must come with a test here that pins its views.
     tested = {"supervised", "fixmatch", "pseudolabel", "simclr", "byol", "selfsup",
               "flexmatch", "freematch", "softmatch", "adamatch", "uda",
-              "mixmatch"}  # tests/test_methods_mixing.py
+              "mixmatch", "remixmatch"}  # tests/test_methods_mixing.py
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -269,7 +269,8 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
-                                    "freematch", "softmatch", "adamatch", "uda", "mixmatch"])
+                                    "freematch", "softmatch", "adamatch", "uda", "mixmatch",
+                                    "remixmatch"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
     extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
@@ -282,7 +283,7 @@ def test_each_method_beats_chance(method, tmp_path):
 
 # --------------------------------------------------------------------------- resume exactness
 
-ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "mixmatch"]
+ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "mixmatch", "remixmatch"]
 # Methods with no running statistics: what must survive the checkpoint is their random draws (MixUp's),
 # which only the model's weights show.
 STATELESS = {"mixmatch"}

@@ -7,14 +7,20 @@ partners fixed by hand every number below can be computed from TABLE.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import trainer_for
-from ssl_cli.losses.pseudo_labels import mix_rows, mixup_draw
+from ssl_cli.core.errors import UserError
+from ssl_cli.data.batches import Batch
+from ssl_cli.losses.pseudo_labels import mix_rows, mixup_draw, sharpen
+from ssl_cli.methods import METHODS
 from ssl_cli.methods import mixmatch as mixmatch_module
-from test_methods import LABELS, TABLE, TARGETS, StubModel, build, fixmatch_batch, images
+from ssl_cli.transforms.ops import rotate_quarter_turns
+from test_methods import LABELS, TABLE, TARGETS, StubModel, build, fixmatch_batch, images, info
 
 
 def softmax(code):
@@ -124,3 +130,96 @@ def test_each_micro_batch_gets_its_own_method_seed(tmp_path):
     trainer = trainer_for(["debug=smoke", "method=mixmatch", "trainer.batch_size=4"], tmp_path)
     seeds = [trainer.batches(step).seed for step in (0, 1, 2, 1)]
     assert len(set(seeds[:3])) == 3 and seeds[3] == seeds[1]
+
+
+# --------------------------------------------------------------------------- ReMixMatch
+
+
+def test_rotate_quarter_turns_turns_each_image_by_its_own_multiple_of_90_degrees():
+    image = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    batch = torch.stack([image, image + 10, image, image]).unsqueeze(1)  # [4, 1, 2, 2]
+    out = rotate_quarter_turns(batch, torch.tensor([0, 1, 2, 3])).squeeze(1)
+    assert out[0].tolist() == [[1, 2], [3, 4]]
+    assert out[1].tolist() == [[12, 14], [11, 13]]  # a quarter turn counter-clockwise
+    assert out[2].tolist() == [[4, 3], [2, 1]]
+    assert out[3].tolist() == [[3, 1], [4, 2]]
+
+
+def remix_batch():
+    # weak (2, 3), strong views (4, 5) and (5, 4)
+    return Batch(labeled=(images(0, 1),), labels=LABELS, unlabeled=(images(2, 3), images(4, 5), images(5, 4)),
+                 unlabeled_index=torch.tensor([0, 1]), unlabeled_targets=TARGETS, seed=3)
+
+
+def remix_guess(temperature=0.5):
+    # Prior (0.5, 0.5, 0) with USB's 1e-6 floor; the model's running mean starts uniform.
+    target = torch.tensor([0.5 + 1e-6, 0.5 + 1e-6, 1e-6])
+    aligned = torch.stack([softmax(2), softmax(3)]) * (target / target.sum() * 3)
+    aligned = aligned / aligned.sum(1, keepdim=True)
+    p = aligned ** (1 / temperature)
+    return p / p.sum(1, keepdim=True)
+
+
+def soft_ce(codes, targets):
+    return -(targets * F.log_softmax(TABLE[list(codes)], 1)).sum(1).mean()
+
+
+def test_remixmatch_weak_guess_is_aligned_then_sharpened_and_anchors_the_strong_views(monkeypatch):
+    rows = [0, 1, 4, 5, 5, 4, 2, 3]  # labeled, strong 1, strong 2, weak: USB's order of the mixed batch
+    monkeypatch.setattr(mixmatch_module, "mixup_draw", fixed_draw(1.0, list(range(8))))  # no mixing
+    method = build("remixmatch", warmup_fraction=0.0)
+    out = method.training_step(StubModel(), remix_batch(), 10)
+    guess = remix_guess()
+    anchored = torch.cat([guess, guess, guess])
+    unsup = -(anchored * F.log_softmax(TABLE[rows[2:]], 1)).sum(1).mean()
+    premix = soft_ce([4, 5], guess)  # the first strong view, unmixed
+    assert out.metrics["unsup_loss"].item() == pytest.approx(unsup.item(), rel=1e-5)
+    assert out.metrics["premix_loss"].item() == pytest.approx(premix.item(), rel=1e-5)
+    # Sharpening first and aligning after gives other targets: the order is pinned.
+    flat = torch.tensor([0.5 + 1e-6, 0.5 + 1e-6, 1e-6])
+    other = sharpen(torch.stack([softmax(2), softmax(3)]), 0.5) * flat
+    other = other / other.sum(1, keepdim=True)
+    assert soft_ce([4, 5], other).item() != pytest.approx(premix.item(), rel=1e-3)
+    # The rotation head sees the turned first strong view (constant images: the stub's features are codes 4, 5).
+    turns = out.state["rotation_targets"]
+    rotation = F.cross_entropy(method.rotation_head(F.one_hot(torch.tensor([4, 5]), 6).float()), turns)
+    assert out.metrics["rotation_loss"].item() == pytest.approx(rotation.item(), rel=1e-5)
+    sup = F.cross_entropy(TABLE[[0, 1]], LABELS)
+    total = sup + 1.5 * unsup + 0.5 * premix + 0.5 * rotation
+    assert out.loss.item() == pytest.approx(total.item(), rel=1e-5)
+    # after_step moves the running mean towards the raw (unaligned) weak probabilities.
+    method.after_step(StubModel(), 10, [out])
+    expected = 0.999 * torch.full((3,), 1 / 3) + 0.001 * torch.stack([softmax(2), softmax(3)]).mean(0)
+    assert method.alignment.model_probs.tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_remixmatch_ramps_the_mixed_and_premix_losses_but_not_the_rotation(monkeypatch):
+    monkeypatch.setattr(mixmatch_module, "mixup_draw", fixed_draw(1.0, list(range(8))))
+    method = build("remixmatch", warmup_fraction=0.5, max_steps=100)
+    out = method.training_step(StubModel(), remix_batch(), 0)
+    m = out.metrics
+    expected = m["sup_loss"] + 0.5 * m["rotation_loss"]  # ramp 0 at step 0
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert m["unsup_weight"].item() == 0.0
+
+
+def test_remixmatch_rotates_the_first_strong_view_by_the_drawn_turns():
+    method = build("remixmatch")
+    strong = torch.arange(2 * 4, dtype=torch.float32).view(2, 1, 2, 2)
+    batch = Batch(unlabeled=(strong + 100, strong, strong + 50), seed=5)
+    context = {}
+    gen = method.generator(batch, strong.device)
+    unmixed, turned = method.extra_inputs(batch, gen, context)
+    turns = context["rotation_targets"]
+    assert torch.equal(unmixed, strong)
+    for i in range(2):
+        assert torch.equal(turned[i], torch.rot90(strong[i], int(turns[i]), dims=(1, 2)))
+    draws = [method.extra_inputs(batch, method.generator(batch, strong.device), {}) for _ in range(2)]
+    assert torch.equal(draws[0][1], draws[1][1])  # the same batch seed, the same turns
+
+
+def test_remixmatch_needs_square_images_for_its_rotation_loss():
+    options = METHODS.options("remixmatch")()
+    with pytest.raises(UserError, match="square"):
+        METHODS.get("remixmatch")(options, replace(info(), image_size=(2, 3)), 10)
+    METHODS.get("remixmatch")(METHODS.options("remixmatch")(rotation_weight=0.0), replace(info(), image_size=(2, 3)), 10)

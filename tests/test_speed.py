@@ -104,7 +104,7 @@ def test_benchmark_errors_are_one_line(capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["fixmatch", "fixmatch+da", "flexmatch", "freematch", "softmatch", "adamatch", "uda",
-                                    "mixmatch"])
+                                    "mixmatch", "remixmatch"])
 def test_cuda_training_step_never_waits_for_the_device(method, tmp_path):
     extra = ["method=fixmatch", "method.distribution_alignment=true"] if method == "fixmatch+da" else [f"method={method}"]
     trainer = trainer_for(["dataset=synthetic", "dataset.image_size=32", "dataset.num_train=512",
