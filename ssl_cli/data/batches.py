@@ -17,8 +17,9 @@ from ssl_cli.core.errors import UserError
 from ssl_cli.core.seeding import mix
 from ssl_cli.data.sampling import StepSampler
 
-# Random streams of one seed: the labeled sampler, the unlabeled sampler, the augmentation.
-LABELED_STREAM, UNLABELED_STREAM, AUGMENT_STREAM = 1, 2, 3
+# Random streams of one seed: the labeled sampler, the unlabeled sampler, the augmentation, the method's own
+# draws (MixUp's λ and partners).
+LABELED_STREAM, UNLABELED_STREAM, AUGMENT_STREAM, METHOD_STREAM = 1, 2, 3, 4
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Batch:
     unlabeled: Tuple[torch.Tensor, ...] = ()  # one tensor per unlabeled view
     unlabeled_index: Optional[torch.Tensor] = None  # position in the unlabeled pool (0..num_unlabeled-1)
     unlabeled_targets: Optional[torch.Tensor] = None  # hidden true labels (-1: unknown), for monitoring only
+    # A seed for the method's own randomness in this batch only (from the run seed, the micro-batch and the
+    # rank): a method that draws (MixUp) seeds a generator on the device with it, so a resumed run draws the same.
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,14 @@ class BatchBuilder:
         process, and (seed, step, rank) on the others."""
         return mix(self.seed, AUGMENT_STREAM, step) if self.rank == 0 else mix(self.seed, AUGMENT_STREAM, step, self.rank)
 
+    def method_seed(self, step: int) -> int:
+        """The seed of the method's own draws at this step (`Batch.seed`), per rank like `augment_seed`."""
+        return mix(self.seed, METHOD_STREAM, step) if self.rank == 0 else mix(self.seed, METHOD_STREAM, step, self.rank)
+
     def __call__(self, step: int) -> Batch:
         self.gen.manual_seed(self.augment_seed(step))
         d = self.data
-        batch = Batch()
+        batch = Batch(seed=self.method_seed(step))
         if self.labeled_sampler is not None:
             batch.labeled_index = self._shard(self.labeled_sampler(step))
             idx = d.labeled[batch.labeled_index]

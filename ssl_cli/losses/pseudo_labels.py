@@ -38,19 +38,47 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return p / p.sum(dim=1, keepdim=True)
 
 
+def symmetric_beta(alpha: float, generator: Optional[torch.Generator] = None,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+    """One draw of Beta(α, α) as a 0-d float32 tensor on the generator's device, from `generator` alone.
+
+    X / (X + Y) with X, Y ~ Gamma(α, 1): torch.distributions.Beta cannot take a generator, so it would
+    draw from the global stream (not restored on resume) and, on CUDA, from the CPU's (a copy per step).
+    """
+    device = generator.device if generator is not None else device
+    gammas = torch._standard_gamma(torch.full((2,), float(alpha), device=device), generator=generator)
+    return gammas[0] / (gammas[0] + gammas[1]).clamp_min(1e-30)
+
+
+def mixup_draw(n: int, alpha: float, generator: Optional[torch.Generator] = None,
+               device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """MixMatch's MixUp draw (Berthelot et al. 2019, eq. 8-11): λ ~ Beta(α, α), λ' = max(λ, 1 - λ), and a
+    random permutation of the n rows (each row's partner), both from `generator` on its device."""
+    lam = symmetric_beta(alpha, generator, device)
+    device = lam.device
+    return torch.maximum(lam, 1 - lam), torch.randperm(n, generator=generator, device=device)
+
+
+def mix_rows(inputs: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor,
+             partners: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row i becomes λ·row_i + (1 - λ)·row_partners[i], for the inputs and their (soft) targets alike."""
+    lam = lam.to(inputs.device)
+    partners = partners.to(inputs.device)
+    mixed = lam.to(inputs.dtype) * inputs + (1 - lam.to(inputs.dtype)) * inputs[partners]
+    mixed_targets = lam * targets + (1 - lam) * targets[partners]
+    return mixed, mixed_targets
+
+
 def mixup(inputs: torch.Tensor, targets: torch.Tensor, alpha: float,
           generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MixMatch's MixUp: each row mixed with a random other row, λ ~ Beta(α, α) and λ = max(λ, 1 - λ).
 
     The max keeps each mixed row closer to its own input, so the first rows stay "labeled" and the rest
-    "unlabeled" when both kinds are mixed together. Returns (mixed inputs, mixed targets, λ).
+    "unlabeled" when both kinds are mixed together. Returns (mixed inputs, mixed targets, λ). All the
+    randomness comes from `generator` (the global stream without one).
     """
-    lam = torch.distributions.Beta(alpha, alpha).sample().to(inputs.device)
-    lam = torch.maximum(lam, 1 - lam)
-    perm = torch.randperm(inputs.shape[0], generator=generator, device=generator.device if generator else None)
-    perm = perm.to(inputs.device)
-    mixed = lam * inputs + (1 - lam) * inputs[perm]
-    mixed_targets = lam * targets + (1 - lam) * targets[perm]
+    lam, partners = mixup_draw(inputs.shape[0], alpha, generator, inputs.device)
+    mixed, mixed_targets = mix_rows(inputs, targets, lam, partners)
     return mixed, mixed_targets, lam
 
 

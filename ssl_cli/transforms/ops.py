@@ -12,6 +12,7 @@ Views:
   cutout           one grey square per image
   strong_augment   weak_augment -> rand_augment -> cutout (FixMatch's strong view)
   classic_augment  Keras-style rotation / shift / flips in a single affine warp
+  rotate_quarter_turns  each image turned by its own multiple of 90° (ReMixMatch's rotation loss)
 """
 
 from __future__ import annotations
@@ -590,3 +591,20 @@ def contrastive_augment(
         gray = _per_image(_rand(b, generator, device) < grayscale_prob)
         x = torch.where(gray, _grayscale(x).expand_as(x), x)
     return to_uint8(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Quarter turns (rotation prediction)
+# --------------------------------------------------------------------------------------------------
+
+
+def rotate_quarter_turns(images: Tensor, turns: Tensor) -> Tensor:
+    """Image i turned counter-clockwise by turns[i] × 90° (turns in 0..3), any dtype, square images.
+
+    All four turns of the batch are made at once and each image picks its own: four whole-batch
+    rotations and one gather instead of a loop over images.
+    """
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"quarter turns need square images, got {tuple(images.shape[-2:])}")
+    every = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+    return every[turns, torch.arange(images.shape[0], device=images.device)]
