@@ -20,10 +20,12 @@ def test_labels_needed_interpolates_on_log_axis():
     assert labels_needed(curve, 0.95) == (None, "not reached")
 
 
-def write_summary(root, method, labels, seed, acc, status="completed"):
+def write_summary(root, method, labels, seed, acc, status="completed", wall_time_s=None):
     d = root / f"{method}_{labels}_{seed}"
     (d / ".hydra").mkdir(parents=True)
     summary = {"status": status, "method": method, "num_labels": labels, "seed": seed, "run_dir": str(d)}
+    if wall_time_s is not None:
+        summary["wall_time_s"] = wall_time_s
     if status == "completed":
         summary["final"] = {"test/accuracy": acc}
         summary["train"] = {"mask_rate": 0.5, "pseudo_label_acc": 0.9} if method != "supervised" else {}
@@ -151,8 +153,8 @@ def test_methods_are_ranked_within_each_label_count(tmp_path):
     for seed in (0, 1):
         for method, acc20, acc40 in (("supervised", 0.5, 0.7), ("fixmatch", 0.8, 0.9), ("flexmatch", 0.85, 0.9),
                                      ("uda", 0.6, 0.95)):
-            write_summary(tmp_path, method, 20, seed, acc20)
-            write_summary(tmp_path, method, 40, seed, acc40)
+            write_summary(tmp_path, method, 20, seed, acc20, wall_time_s=10.0 + seed)
+            write_summary(tmp_path, method, 40, seed, acc40, wall_time_s=700.0 + 20 * seed)
     report = make_report(tmp_path)
     ranks = {(r["method"], r["num_labels"]): r["rank"] for r in report.rows()}
     assert [ranks[(m, 20)] for m in ("flexmatch", "fixmatch", "uda", "supervised")] == [1, 2, 3, 4]
@@ -161,7 +163,11 @@ def test_methods_are_ranked_within_each_label_count(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| labels | rank | method |" in md
     with open(tmp_path / "report.csv") as f:
-        assert {row["method"]: row["rank"] for row in csv.DictReader(f) if row["num_labels"] == "20"}["uda"] == "3"
+        rows = list(csv.DictReader(f))
+    assert {row["method"]: row["rank"] for row in rows if row["num_labels"] == "20"}["uda"] == "3"
+    # the mean wall time per run of each cell: 10 and 11 s at 20 labels, 700 and 720 s at 40
+    assert {float(row["wall_time_s"]) for row in rows} == {10.5, 710.0}
+    assert "| wall time per run |" in md and "| 10 s |" in md and "| 11.8 min |" in md
 def test_accuracy_curves_show_mean_and_spread_over_seeds(tmp_path):
     """accuracy_curves.png: one line per method and label count from each job's metrics.jsonl."""
     for job, (method, seed) in enumerate([("supervised", 0), ("supervised", 1), ("fixmatch", 0)]):

@@ -162,6 +162,7 @@ class Cell:
     val_accuracies: List[Optional[float]] = field(default_factory=list)
     mask_rates: List[Optional[float]] = field(default_factory=list)
     pl_accuracies: List[Optional[float]] = field(default_factory=list)
+    wall_times: List[Optional[float]] = field(default_factory=list)  # seconds per run (summary's wall_time_s)
     seeds: List[int] = field(default_factory=list)
     curves: List[List[Tuple[int, float]]] = field(default_factory=list)  # (step, test accuracy) of each run
 
@@ -199,6 +200,7 @@ def build_cells(summaries: List[dict], kind: str) -> Dict[Tuple[str, int], Cell]
         train = s.get("train") or {}
         cell.mask_rates.append(train.get("mask_rate"))
         cell.pl_accuracies.append(train.get("pseudo_label_acc"))
+        cell.wall_times.append(s.get("wall_time_s"))
         curve = accuracy_curve(s)
         if curve:
             cell.curves.append(curve)
@@ -374,6 +376,7 @@ class Report:
                     "vs_supervised": None if sup is None else c.mean - sup.mean,
                     "val_accuracy_mean": _mean(c.val_accuracies),
                     "mask_rate": _mean(c.mask_rates), "pseudo_label_acc": _mean(c.pl_accuracies),
+                    "wall_time_s": _mean(c.wall_times),
                     "accuracy_kind": self.kind,
                 })
         ranks = self.ranks()
@@ -434,6 +437,12 @@ def _mean_std(row: dict) -> str:
     return f"{_pct(row['accuracy_mean'])} ± {_pct(row['accuracy_std'])}"
 
 
+def _seconds(x: Optional[float]) -> str:
+    if x is None:
+        return ""
+    return f"{x:.0f} s" if x < 600 else f"{x / 60:.1f} min"
+
+
 def _delta(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:+.1f}"
 
@@ -449,7 +458,8 @@ def print_report(report: Report, title: str) -> None:
                                             f"PL acc: pseudo-label accuracy on the unlabeled images")
     columns = ["labels", "rank", "method", "test acc", "runs", "vs sup."]
     columns += ["val acc"] if with_val else []
-    columns += ["mask rate", "PL acc"]
+    with_time = any(r["wall_time_s"] is not None for r in rows)
+    columns += ["mask rate", "PL acc"] + (["time/run"] if with_time else [])
     for col in columns:
         if col == "method":  # a variant's settings must stay readable in a narrow terminal: wrap, never cut
             table.add_column(col, justify="left", overflow="fold")
@@ -460,7 +470,7 @@ def print_report(report: Report, title: str) -> None:
                  str(r["runs"]),
                  _delta(r["vs_supervised"])]
         cells += [_pct(r["val_accuracy_mean"])] if with_val else []
-        cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
+        cells += [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])] + ([_seconds(r["wall_time_s"])] if with_time else [])
         table.add_row(*cells)
     console.print(table)
     for line in labels_needed_lines(report):
@@ -501,10 +511,12 @@ def write_files(report: Report, out_dir: Path) -> List[Path]:
         writer.writerows(rows)
     with_val = any(r["val_accuracy_mean"] is not None for r in rows)
     header = ["labels", "rank", "method", "test accuracy", "runs", "vs supervised"] + (["val accuracy"] if with_val else [])
-    header += ["mask rate", "pseudo-label acc"]
+    with_time = any(r["wall_time_s"] is not None for r in rows)
+    header += ["mask rate", "pseudo-label acc"] + (["wall time per run"] if with_time else [])
     table = [[str(r["num_labels"]), str(r["rank"]), display_name(r["method"], r["variant"]), _mean_std(r), str(r["runs"]),
               _delta(r["vs_supervised"])] + ([_pct(r["val_accuracy_mean"])] if with_val else [])
-             + [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])] for r in rows]
+             + [_pct(r["mask_rate"]), _pct(r["pseudo_label_acc"])]
+             + ([_seconds(r["wall_time_s"])] if with_time else []) for r in rows]
     lines = [f"Test accuracy (%): {ACCURACY_KINDS[report.kind]}; {STD_NOTE}. "
              f"Nothing is selected on the test set.", "",
              markdown_table(header, table, align="".join("l" if h == "method" else "r" for h in header)).rstrip()]
