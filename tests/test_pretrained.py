@@ -21,7 +21,7 @@ import timm
 import torch
 import torchvision
 
-from conftest import REPO, assert_one_line_error, compose, run_cli, write_image_folder
+from conftest import REPO, assert_one_line_error, compose, run_cli, trainer_for, write_image_folder
 import ssl_cli.apps.export as export_app
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.resize import resize_images
@@ -249,3 +249,91 @@ def test_backbone_benchmark_runs_on_a_tiny_setting(tmp_path):
     rows = table.splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["in memory", "streaming"]
     assert all(0 < float(r.split(" | ")[-1].rstrip(" |")) <= 1 for r in rows)
+
+
+# --------------------------------------------------------------------------- backbone.freeze_stages
+
+# (backbone, model, constructor arguments, stage count, what each stage after the first starts with)
+STAGED = [("timm", "resnet10t", {}, 4, "net.layer{}."),
+          ("timm", "convnext_atto", {}, 4, "net.stages.{}."),
+          ("timm", "vit_tiny_patch16_224", TINY_VIT, 2, "net.blocks.{}."),
+          ("timm", "efficientnet_b0", {}, 7, "net.blocks.{}."),
+          ("timm", "mobilenetv3_small_050", {}, 6, "net.blocks.{}."),
+          ("torchvision", "resnet18", {}, 4, "net.layer{}."),
+          # the torchvision MobileNet is one flat `features` sequence: a stage per resolution (1/4 to 1/32),
+          # beginning at its stride-2 blocks 1, 2, 4 and 9
+          ("torchvision", "mobilenet_v3_small", {}, 4, None)]
+
+
+@pytest.mark.parametrize("backbone,name,model_args,count,prefix", STAGED, ids=[s[1] for s in STAGED])
+def test_library_models_name_their_stages_from_stem_to_head(backbone, name, model_args, count, prefix):
+    model = build_backbone(backbone, PretrainedOptions(model_name=name, model_args=model_args or None), 3, 2,
+                           (SIZE, SIZE))
+    stages = model.stages()
+    assert len(stages) == count
+    names = [n for n, _ in model.named_parameters()]
+    flat = [n for stage in stages for n in stage]
+    assert flat == names[:len(flat)]  # disjoint, in order, the stem (the first parameters) in the first
+    assert not any(n.startswith("classifier.") for n in flat)
+    first = 1 if prefix and "layer" in prefix else 0  # ResNets count layer1-4, timm's blocks from 0
+    if prefix:
+        for k, stage in enumerate(stages[1:], start=1):
+            # the last stage also holds what timm assigns to it (a ViT's final norm, EfficientNet's conv_head)
+            inside = stage if k < len(stages) - 1 else stage[:1]
+            assert all(n.startswith(prefix.format(k + first)) for n in inside), (k, stage[0])
+    else:
+        assert [stage[0].split(".")[2] for stage in stages[1:]] == ["2", "4", "9"]
+
+
+def test_freezing_stages_leaves_them_out_of_the_optimiser_and_keeps_their_batchnorm_in_eval(tmp_path):
+    trainer = trainer_for(RUN + ["backbone=timm", "backbone.model_name=resnet10t", "backbone.freeze_stages=2"],
+                          tmp_path)
+    model = trainer.model
+    frozen = {n for stage in model.stages()[:2] for n in stage}
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all((id(p) in optimised) == (n not in frozen) for n, p in model.named_parameters())
+    model.train()  # what the trainer calls before each run of steps
+    net = model.net
+    assert not any(m.training for m in (net.bn1, net.layer1[0].bn1, net.layer2[0].downsample[2]))
+    assert net.layer3[0].bn1.training and net.layer4[0].bn2.training and model.training
+    model.eval()
+    model.train()
+    assert not net.layer2[0].bn2.training and net.layer3[0].bn2.training
+
+
+def test_frozen_stages_keep_weights_and_batchnorm_statistics_through_training_and_resume(tmp_path):
+    weights = tmp_path / "resnet10t.safetensors"
+    start = save_weights(weights, "timm", "resnet10t", {})
+    args = RUN + backbone_args("timm", "resnet10t", {}, weights) + ["backbone.freeze_stages=2"]
+    code, _, err = run_cli(args + ["trainer.stop_at_step=2", "hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(["resume=run"], tmp_path)  # the resumed run freezes the same stages
+    assert code == 0, err
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    trained = {k[len("net."):]: v for k, v in state["model"].items() if k.startswith("net.")}
+    frozen = ("conv1.", "bn1.", "layer1.", "layer2.")
+    for key, value in trained.items():
+        if key.startswith(frozen):  # weights, running_mean/var and num_batches_tracked as in the file
+            assert torch.equal(value, start[key]), key
+    for layer in ("layer3.", "layer4."):
+        changed = [k for k in trained if k.startswith(layer) and not torch.equal(trained[k], start[k])]
+        assert any(k.endswith(".conv1.weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+        assert any(k.endswith("num_batches_tracked") for k in changed)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["backbone=timm", "backbone.model_name=resnet10t", "backbone.freeze_stages=5"],
+     ["backbone.freeze_stages=5", "timm model resnet10t has 4 stages; allowed 0 to 4"]),
+    (["backbone=torchvision", "backbone.model_name=mobilenet_v3_small", "backbone.freeze_stages=9"],
+     ["torchvision model mobilenet_v3_small has 4 stages"]),
+    (["backbone=cnn", "backbone.freeze_stages=1"],
+     ["backbone.freeze_stages=1", "has no stages; use backbone.freeze_features=true", "timm/torchvision"]),
+    (["backbone=wrn28_2", "backbone.freeze_stages=2"], ["has no stages"]),
+], ids=["too-many-timm", "too-many-torchvision", "cnn", "wrn"])
+def test_freezing_more_stages_than_there_are_or_a_backbone_without_stages_gives_one_line(extra, fragments,
+                                                                                         tmp_path):
+    size = [] if extra[0] in ("backbone=cnn", "backbone=wrn28_2") else [f"backbone.image_size={SIZE}"]
+    code, _, err = run_cli(RUN[:-1] + extra + size + ["hydra.run.dir=run"], tmp_path)
+    assert_one_line_error(code, err, *fragments)

@@ -267,6 +267,10 @@ class Trainer:
             load_init_weights(self.model, run.backbone.init_from, self.shape())
         if run.backbone.freeze_features:
             self.model.freeze_features()
+        if run.backbone.freeze_stages:  # after loading: the frozen weights are the pretrained ones
+            frozen = self.model.freeze_stages(run.backbone.freeze_stages)
+            log.info("froze the first %d stage(s) of the backbone: %d parameter tensors, %d BatchNorm layers",
+                     run.backbone.freeze_stages, frozen, len(self.model.frozen_norms))
         self.model.to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
