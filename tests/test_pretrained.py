@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
+import urllib.error
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
@@ -180,6 +182,37 @@ def test_pretrained_without_network_or_cache_says_how_to_place_a_weights_file(tm
     with pytest.raises(UserError, match="backbone.weights=") as e:
         build_backbone("timm", PretrainedOptions(model_name="resnet10t", pretrained=True), 3, 2, (SIZE, SIZE))
     assert "\n" not in str(e.value)
+
+
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_torchvision_pretrained_without_network_or_cache_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    """torchvision's hub: an empty TORCH_HOME and an unreachable network (torch.hub's urlopen refuses at
+    once, as a machine without DNS does) end the run with one line, not a traceback or a wait."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(torch.hub, "urlopen", _no_network)
+    started = time.perf_counter()
+    code, _, err = run_cli(RUN + ["backbone=torchvision", "backbone.model_name=mobilenet_v3_small",
+                                  "backbone.pretrained=true", "hydra.run.dir=run"], tmp_path)
+    assert_one_line_error(code, err, "backbone.pretrained=true: no torchvision weights for mobilenet_v3_small",
+                          "URLError", "backbone.weights=/path/to/mobilenet_v3_small.safetensors")
+    assert time.perf_counter() - started < 60  # building the data and failing; no download time-out
+    assert not list((tmp_path / "empty-torch-home").rglob("*.pth"))  # nothing half-downloaded left behind
+
+
+def test_torchvision_pretrained_uses_the_hub_cache_without_network(tmp_path, monkeypatch):
+    """A weights file already in TORCH_HOME's hub cache (as a first download leaves it) loads offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "urlopen", _no_network)
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    cached = tmp_path / "torch-home" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    saved = save_weights(cached, "torchvision", "mobilenet_v3_small", {})
+    model = build_backbone("torchvision", PretrainedOptions(model_name="mobilenet_v3_small", pretrained=True),
+                           3, 2, (SIZE, SIZE))
+    assert torch.equal(model.net.features[0][0].weight, saved["features.0.0.weight"])
 
 
 def test_resize_images_scales_the_shorter_side_and_crops_the_centre():
