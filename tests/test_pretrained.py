@@ -22,6 +22,7 @@ import safetensors.torch
 import timm
 import torch
 import torchvision
+from PIL import Image
 
 from conftest import REPO, assert_one_line_error, compose, run_cli, trainer_for, write_image_folder
 import ssl_cli.apps.export as export_app
@@ -215,13 +216,37 @@ def test_torchvision_pretrained_uses_the_hub_cache_without_network(tmp_path, mon
     assert torch.equal(model.net.features[0][0].weight, saved["features.0.0.weight"])
 
 
-def test_resize_images_scales_the_shorter_side_and_crops_the_centre():
+def test_resize_images_crops_the_centre_square_and_scales_it():
     images = torch.zeros(2, 3, 20, 40, dtype=torch.uint8)
-    images[:, :, :, 10:30] = 255  # a white centre band, half the width
+    images[:, :, :, :10] = images[:, :, :, 30:] = 255  # white outside the centre 20 x 20 square
+    images[:, :, :, 14:26] = 200  # a grey band inside it
     out = resize_images(images, (10, 10))
     assert out.shape == (2, 3, 10, 10) and out.dtype == torch.uint8
-    assert out[:, :, :, 2:8].min() == 255  # the crop kept the centre band ...
-    assert out[:, :, :, 0].max() < 255  # ... and its edges
+    assert (out[:, :, :, 3:7] == 200).all()  # the band, at half size: columns 14-26 -> 2-8
+    assert out[:, :, :, 0].max() == out[:, :, :, 9].max() == 0  # cut first: no white leaks in from outside
+
+
+@pytest.mark.parametrize("policy", ["crop", "pad"])
+def test_backbone_image_size_resizes_in_memory_folders_by_their_resize_policy(policy, tmp_path):
+    """Wide 8 x 16 photos resized for a 16 px backbone: pad keeps the whole width on black bands, crop the
+    centre, as predict would decode a new file of that size (the model card's resize)."""
+    for split, count in (("train", 6), ("test", 2)):
+        for label in ("a", "b"):
+            folder = tmp_path / "photos" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (16, 8), (200, 100, 50)).save(folder / f"{i}.png")
+    run = [a for a in RUN[:-1] if not a.startswith("dataset.")]  # RUN's synthetic data options
+    trainer = trainer_for([*run, "dataset=imagefolder", f"dataset.root={tmp_path / 'photos'}",
+                           "dataset.num_labels=4", "dataset.num_validation=0", f"dataset.resize={policy}",
+                           "dataset.num_workers=0",
+                           f"dataset.cache_dir={tmp_path / 'cache'}", "backbone=timm",
+                           "backbone.model_name=resnet10t", "backbone.image_size=16"], tmp_path)
+    images = trainer.data_cpu.train_images
+    assert images.shape[1:] == (3, 16, 16)
+    black_rows = (images[0].sum(dim=(0, 2)) == 0).tolist()
+    assert black_rows == ([True] * 4 + [False] * 8 + [True] * 4 if policy == "pad" else [False] * 16)
+    assert trainer.model_card()["resize"] == policy
 
 
 def test_layer_ids_order_the_parameters_from_stem_to_classifier():
