@@ -202,7 +202,7 @@ def test_unknown_option_names_the_allowed_ones():
     with pytest.raises(UserError, match="bn_momentum"):
         build_backbone("wrn28_2", 3, 10, (32, 32), batch_norm=False)
     # resnet18 declares no architecture options: only the loading keys every backbone has.
-    with pytest.raises(UserError, match=r"has no option dropout; its options: init_from, freeze_features$"):
+    with pytest.raises(UserError, match=r"has no option dropout; its options: init_from, freeze_features, freeze_stages$"):
         build_backbone("resnet18", 3, 10, (32, 32), dropout=0.1)
 
 

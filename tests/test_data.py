@@ -3,12 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import write_image_folder
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import defaults, from_config
 from ssl_cli.data import DATASETS
 from ssl_cli.data import load_dataset as load_with_options
+from ssl_cli.data.images import load_image
+from ssl_cli.data.resize import resize_images, resize_plan
 
 
 def load_dataset(name, **options):
@@ -131,3 +134,47 @@ def test_image_folder_layout_errors_name_the_folder(tmp_path):
     afile.write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         load_dataset("imagefolder", root=str(afile))
+
+
+# --------------------------------------------------------------------------- one resize policy, two paths
+
+
+def test_resize_plan_geometry_by_hand():
+    # crop: the centred region of the target's shape, cut at whole pixels, scaled to the target
+    assert resize_plan(20, 40, (10, 10), "crop") == ((0, 10, 20, 20), (10, 10), (0, 0), (10, 10))
+    assert resize_plan(15, 17, (10, 10), "crop").box == (0, 1, 15, 15)  # (17 - 15) // 2 = 1 column off the left
+    assert resize_plan(20, 20, (10, 20), "crop").box == (5, 0, 10, 20)  # a wide target from a square
+    # stretch: all of it, to the target
+    assert resize_plan(20, 40, (10, 10), "stretch") == ((0, 0, 20, 40), (10, 10), (0, 0), (10, 10))
+    # pad: the longer side fits (40 -> 10: x 0.25), the shorter rounded (21 x 0.25 = 5.25 -> 5), centred
+    assert resize_plan(21, 40, (10, 10), "pad") == ((0, 0, 21, 40), (5, 10), (2, 0), (10, 10))
+    with pytest.raises(ValueError, match="crop, stretch, pad"):
+        resize_plan(20, 40, (10, 10), "fit")
+
+
+def _test_card(height: int, width: int) -> np.ndarray:
+    """A photo-like RGB array: smooth gradients, noise, and a white block with sharp edges."""
+    y, x = np.mgrid[0:height, 0:width]
+    grey = np.sin(x / 3.0) * 60 + np.cos(y / 5.0) * 60 + 128 + np.random.default_rng(0).integers(0, 40, (height, width))
+    card = np.stack([grey, grey[::-1], 255 - grey], -1).clip(0, 255).astype(np.uint8)
+    card[height // 3:height // 2, width // 4:width // 2] = 255
+    return card
+
+
+@pytest.mark.parametrize("policy", ["crop", "stretch", "pad"])
+@pytest.mark.parametrize("height,width,size", [(40, 61, 32), (61, 23, 16), (30, 50, 64)],
+                         ids=["wide-down", "tall-down", "wide-up"])
+def test_decoding_a_file_and_resizing_the_tensor_in_memory_give_the_same_pixels(policy, height, width, size,
+                                                                                tmp_path):
+    """load_image (PIL, folders, streaming and predict) and resize_images (backbone.image_size on in-memory
+    data) follow one plan: same crop box and offsets, antialiased bilinear on both, so at most a grey
+    level or two apart (the libraries' fixed-point rounding)."""
+    Image.fromarray(_test_card(height, width)).save(tmp_path / "card.png")
+    decoded = load_image(tmp_path / "card.png", size, policy).astype(int)
+    stored = torch.from_numpy(load_image(tmp_path / "card.png"))  # as stored: what an in-memory data set holds
+    in_memory = resize_images(stored[None], (size, size), policy)[0].numpy().astype(int)
+    assert decoded.shape == in_memory.shape == (3, size, size)
+    diff = np.abs(decoded - in_memory)
+    assert diff.max() <= 2 and diff.mean() < 0.25, (diff.max(), diff.mean())
+    if policy == "pad":  # both leave the same black borders
+        assert np.array_equal(decoded.sum(axis=0) == 0, in_memory.sum(axis=0) == 0)

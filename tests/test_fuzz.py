@@ -154,6 +154,7 @@ VALID: List[Case] = [
     Case("backbone.batch_norm", BOOL),
     Case("backbone.dropout", floats(0.0, 0.9)),
     Case("backbone.freeze_features", one_of("false")),
+    Case("backbone.freeze_stages", ints(0, 4), context=TIMM, combine=False),  # resnet10t has 4 stages
     Case("backbone.model_name", one_of("resnet10t", "mobilenetv3_small_050"), context=("backbone=timm",),
          combine=False),
     Case("backbone.pretrained", one_of("false"), context=TIMM, combine=False),
@@ -405,6 +406,9 @@ INVALID: List[Case] = [
     Case("trainer.channels_last", NOT_A_BOOL),
     Case("trainer.reuse_cpu_memory", NOT_A_BOOL),
     Case("backbone.freeze_features", NOT_A_BOOL),
+    Case("backbone.freeze_stages", st.one_of(ints(-10, -1), one_of("1.5", "true"), NOT_A_NUMBER)),
+    Case("backbone.freeze_stages", ints(5, 100), context=TIMM),  # more than resnet10t's 4 stages
+    Case("backbone.freeze_stages", ints(1, 3), context=("backbone=cnn",)),  # the built-in backbones have none
     Case("backbone.model_name", one_of("no_such_net", "resnet_999", "1", "[a]"), context=("backbone=timm",)),
     Case("backbone.model_name", one_of("no_such_net", "resnet_999"), context=("backbone=torchvision",)),
     Case("backbone.pretrained", NOT_A_BOOL, context=TIMM),

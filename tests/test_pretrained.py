@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
+import urllib.error
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
@@ -20,8 +22,9 @@ import safetensors.torch
 import timm
 import torch
 import torchvision
+from PIL import Image
 
-from conftest import REPO, assert_one_line_error, compose, run_cli, write_image_folder
+from conftest import REPO, assert_one_line_error, compose, run_cli, trainer_for, write_image_folder
 import ssl_cli.apps.export as export_app
 from ssl_cli.core.errors import UserError
 from ssl_cli.data.resize import resize_images
@@ -182,13 +185,68 @@ def test_pretrained_without_network_or_cache_says_how_to_place_a_weights_file(tm
     assert "\n" not in str(e.value)
 
 
-def test_resize_images_scales_the_shorter_side_and_crops_the_centre():
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_torchvision_pretrained_without_network_or_cache_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    """torchvision's hub: an empty TORCH_HOME and an unreachable network (torch.hub's urlopen refuses at
+    once, as a machine without DNS does) end the run with one line, not a traceback or a wait."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(torch.hub, "urlopen", _no_network)
+    started = time.perf_counter()
+    code, _, err = run_cli(RUN + ["backbone=torchvision", "backbone.model_name=mobilenet_v3_small",
+                                  "backbone.pretrained=true", "hydra.run.dir=run"], tmp_path)
+    assert_one_line_error(code, err, "backbone.pretrained=true: no torchvision weights for mobilenet_v3_small",
+                          "URLError", "backbone.weights=/path/to/mobilenet_v3_small.safetensors")
+    assert time.perf_counter() - started < 60  # building the data and failing; no download time-out
+    assert not list((tmp_path / "empty-torch-home").rglob("*.pth"))  # nothing half-downloaded left behind
+
+
+def test_torchvision_pretrained_uses_the_hub_cache_without_network(tmp_path, monkeypatch):
+    """A weights file already in TORCH_HOME's hub cache (as a first download leaves it) loads offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "urlopen", _no_network)
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    cached = tmp_path / "torch-home" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    saved = save_weights(cached, "torchvision", "mobilenet_v3_small", {})
+    model = build_backbone("torchvision", PretrainedOptions(model_name="mobilenet_v3_small", pretrained=True),
+                           3, 2, (SIZE, SIZE))
+    assert torch.equal(model.net.features[0][0].weight, saved["features.0.0.weight"])
+
+
+def test_resize_images_crops_the_centre_square_and_scales_it():
     images = torch.zeros(2, 3, 20, 40, dtype=torch.uint8)
-    images[:, :, :, 10:30] = 255  # a white centre band, half the width
+    images[:, :, :, :10] = images[:, :, :, 30:] = 255  # white outside the centre 20 x 20 square
+    images[:, :, :, 14:26] = 200  # a grey band inside it
     out = resize_images(images, (10, 10))
     assert out.shape == (2, 3, 10, 10) and out.dtype == torch.uint8
-    assert out[:, :, :, 2:8].min() == 255  # the crop kept the centre band ...
-    assert out[:, :, :, 0].max() < 255  # ... and its edges
+    assert (out[:, :, :, 3:7] == 200).all()  # the band, at half size: columns 14-26 -> 2-8
+    assert out[:, :, :, 0].max() == out[:, :, :, 9].max() == 0  # cut first: no white leaks in from outside
+
+
+@pytest.mark.parametrize("policy", ["crop", "pad"])
+def test_backbone_image_size_resizes_in_memory_folders_by_their_resize_policy(policy, tmp_path):
+    """Wide 8 x 16 photos resized for a 16 px backbone: pad keeps the whole width on black bands, crop the
+    centre, as predict would decode a new file of that size (the model card's resize)."""
+    for split, count in (("train", 6), ("test", 2)):
+        for label in ("a", "b"):
+            folder = tmp_path / "photos" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (16, 8), (200, 100, 50)).save(folder / f"{i}.png")
+    run = [a for a in RUN[:-1] if not a.startswith("dataset.")]  # RUN's synthetic data options
+    trainer = trainer_for([*run, "dataset=imagefolder", f"dataset.root={tmp_path / 'photos'}",
+                           "dataset.num_labels=4", "dataset.num_validation=0", f"dataset.resize={policy}",
+                           "dataset.num_workers=0",
+                           f"dataset.cache_dir={tmp_path / 'cache'}", "backbone=timm",
+                           "backbone.model_name=resnet10t", "backbone.image_size=16"], tmp_path)
+    images = trainer.data_cpu.train_images
+    assert images.shape[1:] == (3, 16, 16)
+    black_rows = (images[0].sum(dim=(0, 2)) == 0).tolist()
+    assert black_rows == ([True] * 4 + [False] * 8 + [True] * 4 if policy == "pad" else [False] * 16)
+    assert trainer.model_card()["resize"] == policy
 
 
 def test_layer_ids_order_the_parameters_from_stem_to_classifier():
@@ -249,3 +307,91 @@ def test_backbone_benchmark_runs_on_a_tiny_setting(tmp_path):
     rows = table.splitlines()[2:]
     assert [r.split(" | ")[2] for r in rows] == ["in memory", "streaming"]
     assert all(0 < float(r.split(" | ")[-1].rstrip(" |")) <= 1 for r in rows)
+
+
+# --------------------------------------------------------------------------- backbone.freeze_stages
+
+# (backbone, model, constructor arguments, stage count, what each stage after the first starts with)
+STAGED = [("timm", "resnet10t", {}, 4, "net.layer{}."),
+          ("timm", "convnext_atto", {}, 4, "net.stages.{}."),
+          ("timm", "vit_tiny_patch16_224", TINY_VIT, 2, "net.blocks.{}."),
+          ("timm", "efficientnet_b0", {}, 7, "net.blocks.{}."),
+          ("timm", "mobilenetv3_small_050", {}, 6, "net.blocks.{}."),
+          ("torchvision", "resnet18", {}, 4, "net.layer{}."),
+          # the torchvision MobileNet is one flat `features` sequence: a stage per resolution (1/4 to 1/32),
+          # beginning at its stride-2 blocks 1, 2, 4 and 9
+          ("torchvision", "mobilenet_v3_small", {}, 4, None)]
+
+
+@pytest.mark.parametrize("backbone,name,model_args,count,prefix", STAGED, ids=[s[1] for s in STAGED])
+def test_library_models_name_their_stages_from_stem_to_head(backbone, name, model_args, count, prefix):
+    model = build_backbone(backbone, PretrainedOptions(model_name=name, model_args=model_args or None), 3, 2,
+                           (SIZE, SIZE))
+    stages = model.stages()
+    assert len(stages) == count
+    names = [n for n, _ in model.named_parameters()]
+    flat = [n for stage in stages for n in stage]
+    assert flat == names[:len(flat)]  # disjoint, in order, the stem (the first parameters) in the first
+    assert not any(n.startswith("classifier.") for n in flat)
+    first = 1 if prefix and "layer" in prefix else 0  # ResNets count layer1-4, timm's blocks from 0
+    if prefix:
+        for k, stage in enumerate(stages[1:], start=1):
+            # the last stage also holds what timm assigns to it (a ViT's final norm, EfficientNet's conv_head)
+            inside = stage if k < len(stages) - 1 else stage[:1]
+            assert all(n.startswith(prefix.format(k + first)) for n in inside), (k, stage[0])
+    else:
+        assert [stage[0].split(".")[2] for stage in stages[1:]] == ["2", "4", "9"]
+
+
+def test_freezing_stages_leaves_them_out_of_the_optimiser_and_keeps_their_batchnorm_in_eval(tmp_path):
+    trainer = trainer_for(RUN + ["backbone=timm", "backbone.model_name=resnet10t", "backbone.freeze_stages=2"],
+                          tmp_path)
+    model = trainer.model
+    frozen = {n for stage in model.stages()[:2] for n in stage}
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all((id(p) in optimised) == (n not in frozen) for n, p in model.named_parameters())
+    model.train()  # what the trainer calls before each run of steps
+    net = model.net
+    assert not any(m.training for m in (net.bn1, net.layer1[0].bn1, net.layer2[0].downsample[2]))
+    assert net.layer3[0].bn1.training and net.layer4[0].bn2.training and model.training
+    model.eval()
+    model.train()
+    assert not net.layer2[0].bn2.training and net.layer3[0].bn2.training
+
+
+def test_frozen_stages_keep_weights_and_batchnorm_statistics_through_training_and_resume(tmp_path):
+    weights = tmp_path / "resnet10t.safetensors"
+    start = save_weights(weights, "timm", "resnet10t", {})
+    args = RUN + backbone_args("timm", "resnet10t", {}, weights) + ["backbone.freeze_stages=2"]
+    code, _, err = run_cli(args + ["trainer.stop_at_step=2", "hydra.run.dir=run"], tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(["resume=run"], tmp_path)  # the resumed run freezes the same stages
+    assert code == 0, err
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 4
+    trained = {k[len("net."):]: v for k, v in state["model"].items() if k.startswith("net.")}
+    frozen = ("conv1.", "bn1.", "layer1.", "layer2.")
+    for key, value in trained.items():
+        if key.startswith(frozen):  # weights, running_mean/var and num_batches_tracked as in the file
+            assert torch.equal(value, start[key]), key
+    for layer in ("layer3.", "layer4."):
+        changed = [k for k in trained if k.startswith(layer) and not torch.equal(trained[k], start[k])]
+        assert any(k.endswith(".conv1.weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+        assert any(k.endswith("num_batches_tracked") for k in changed)
+
+
+@pytest.mark.parametrize("extra,fragments", [
+    (["backbone=timm", "backbone.model_name=resnet10t", "backbone.freeze_stages=5"],
+     ["backbone.freeze_stages=5", "timm model resnet10t has 4 stages; allowed 0 to 4"]),
+    (["backbone=torchvision", "backbone.model_name=mobilenet_v3_small", "backbone.freeze_stages=9"],
+     ["torchvision model mobilenet_v3_small has 4 stages"]),
+    (["backbone=cnn", "backbone.freeze_stages=1"],
+     ["backbone.freeze_stages=1", "has no stages; use backbone.freeze_features=true", "timm/torchvision"]),
+    (["backbone=wrn28_2", "backbone.freeze_stages=2"], ["has no stages"]),
+], ids=["too-many-timm", "too-many-torchvision", "cnn", "wrn"])
+def test_freezing_more_stages_than_there_are_or_a_backbone_without_stages_gives_one_line(extra, fragments,
+                                                                                         tmp_path):
+    size = [] if extra[0] in ("backbone=cnn", "backbone=wrn28_2") else [f"backbone.image_size={SIZE}"]
+    code, _, err = run_cli(RUN[:-1] + extra + size + ["hydra.run.dir=run"], tmp_path)
+    assert_one_line_error(code, err, *fragments)

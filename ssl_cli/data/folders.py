@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import MISSING, option
 from ssl_cli.data.base import DATASETS, DatasetOptions, ImageData, held_out_split, require_root
-from ssl_cli.data.images import RESIZE_POLICIES, load_image, stored_channels
+from ssl_cli.data.images import load_image, stored_channels
+from ssl_cli.data.resize import RESIZE_POLICIES
 from ssl_cli.data.stream import FileImages
 
 log = logging.getLogger("ssl_cli")
@@ -87,7 +88,7 @@ def _decode_files(files: Sequence[Path], channels: Optional[int], size: Optional
 def _cache_key(listing: "Listing", size: Optional[int], channels, resize: str) -> str:
     """Names a decode: every file (path, size, mtime) with its split and label, and how it is decoded."""
     h = hashlib.sha1()
-    h.update(f"{listing.root.resolve()}|{size}|{channels}|{resize}|v2".encode())
+    h.update(f"{listing.root.resolve()}|{size}|{channels}|{resize}|v3".encode())
     for split, entries in listing.labeled_splits():
         for p, label in entries:
             st = p.stat()

@@ -6,9 +6,10 @@ new images exactly as it saw its training images. It handles what cameras and to
 - EXIF orientation: phone photos are stored sideways with a tag saying how to turn them;
 - every PIL mode: grey (L), grey or colour with alpha (LA, RGBA, PA: composited over white, as viewers
   show them), palette (P), 16- and 32-bit grey (I;16, I: scaled to 8 bits, not clipped), CMYK JPEG, ...;
-- mixed sizes, by a resize policy: `crop` (the shorter side to image_size, then the centre square: no
-  distortion, the default users expect), `stretch` (the whole image squashed to the square) or `pad`
-  (the longer side to image_size, the rest filled with black).
+- mixed sizes, by a resize policy: `crop` (the centre square, scaled to image_size: no distortion, the
+  default users expect), `stretch` (the whole image squashed to the square) or `pad` (the longer side
+  to image_size, the rest filled with black). The policies and their geometry are defined once, in
+  ssl_cli/data/resize.py, which also resizes in-memory tensors the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-RESIZE_POLICIES = ("crop", "stretch", "pad")
+from ssl_cli.data.resize import resize_pil
 ImageSource = Union[str, "os.PathLike[str]", Image.Image]
 
 
@@ -55,29 +56,6 @@ def to_standard_mode(img: Image.Image, channels: Optional[int]) -> Image.Image:
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def resize_square(img: Image.Image, size: int, policy: str = "crop") -> Image.Image:
-    """`img` as a size x size square by `policy` (crop, stretch or pad; see the module docstring)."""
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {policy!r}")
-    width, height = img.size
-    if (width, height) == (size, size):
-        return img
-    if policy == "stretch":
-        return img.resize((size, size), Image.BILINEAR)
-    if policy == "crop":
-        scale = size / min(width, height)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        # resize's box picks the source region: one resampling, antialiased, straight to the square.
-        box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
-        return img.resize((size, size), Image.BILINEAR, box=box)
-    scale = size / max(width, height)  # pad
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    canvas = Image.new(img.mode, (size, size), 0)
-    canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), ((size - new_w) // 2, (size - new_h) // 2))
-    return canvas
-
-
 def load_image(source: ImageSource, image_size: Optional[int] = None, resize: str = "crop",
                channels: Optional[int] = None) -> np.ndarray:
     """One image (a path or a PIL image) -> uint8 array [C, H, W], C = 1 or 3.
@@ -96,7 +74,7 @@ def _decode(img: Image.Image, image_size: Optional[int], resize: str, channels: 
     img = ImageOps.exif_transpose(img)  # a copy, upright; reading the pixels here surfaces corrupt files
     img = to_standard_mode(img, channels)
     if image_size is not None:
-        img = resize_square(img, int(image_size), resize)
+        img = resize_pil(img, (int(image_size), int(image_size)), resize)
     array = np.array(img, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
 

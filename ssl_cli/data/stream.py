@@ -155,7 +155,7 @@ class FileImages:
                  device=None, index: Optional[np.ndarray] = None, root: str = "", policy: str = "crop"):
         self.files = files  # bytes paths (numpy 'S'): no per-object refcounts for forked workers to copy
         self.channels, self.size, self.resize = int(channels), (int(size[0]), int(size[1])), bool(resize)
-        self.policy = policy  # how a file of another size becomes `size` (ssl_cli.data.images.resize_square)
+        self.policy = policy  # how a file of another size becomes `size` (ssl_cli.data.resize.resize_pil)
         self.num_workers, self.root = int(num_workers), root
         self.device = torch.device(device if device is not None else "cpu")
         self.index = index  # positions into `files`; None: all files, in order

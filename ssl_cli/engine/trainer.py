@@ -245,7 +245,9 @@ class Trainer:
         self.data_cpu = load_dataset(run.names["dataset"], run.dataset)
         backbone_size = getattr(run.backbone, "image_size", None)  # library backbones: the size they expect
         if backbone_size and self.data_cpu.image_size != (backbone_size, backbone_size):
-            self.data_cpu = resize_data(self.data_cpu, (backbone_size, backbone_size))
+            # by the data's own policy (image folders' dataset.resize), as predict decodes new images
+            self.data_cpu = resize_data(self.data_cpu, (backbone_size, backbone_size),
+                                        getattr(run.dataset, "resize", "crop"))
         if backbone_size or self.data_cpu.image_size[0] >= 96:  # large images: say what they cost
             log.info("images at %dx%d take %.1f MB in memory (uint8)", *self.data_cpu.image_size,
                      image_bytes(self.data_cpu) / 1e6)
@@ -267,6 +269,10 @@ class Trainer:
             load_init_weights(self.model, run.backbone.init_from, self.shape())
         if run.backbone.freeze_features:
             self.model.freeze_features()
+        if run.backbone.freeze_stages:  # after loading: the frozen weights are the pretrained ones
+            frozen = self.model.freeze_stages(run.backbone.freeze_stages)
+            log.info("froze the first %d stage(s) of the backbone: %d parameter tensors, %d BatchNorm layers",
+                     run.backbone.freeze_stages, frozen, len(self.model.frozen_norms))
         self.model.to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -7,8 +7,8 @@ channels, the number of classes and the image size come from the data set and ar
 so a checkpoint can be checked against the data it is resumed with.
 
 Each builder is registered with its options, `@BACKBONES.register(name, Options)`, and called as
-`builder(options, in_channels, num_classes, image_size)`. Every backbone's options also hold the two
-loading keys of `BackboneOptions` (which weights to start from, whether to freeze them).
+`builder(options, in_channels, num_classes, image_size)`. Every backbone's options also hold the
+loading keys of `BackboneOptions` (which weights to start from, what to freeze).
 
 Nothing here depends on the device or memory format: the models run on the CPU or CUDA, contiguous or
 channels_last.
@@ -47,8 +47,11 @@ class BackboneOptions(Options):
                                             "checkpoint file (e.g. a simclr/byol pretraining run)")
     freeze_features: bool = option(False, "train the classifier only (a linear probe): features get no "
                                           "gradient, BatchNorm keeps its statistics")
+    freeze_stages: int = option(0, "freeze the first N stages of a timm/torchvision backbone (the stem with "
+                                   "the first): no gradient, not in the optimiser, BatchNorm keeps its "
+                                   "statistics; 0: train all", low=0)
 
-    LOADING_KEYS = ("init_from", "freeze_features")
+    LOADING_KEYS = ("init_from", "freeze_features", "freeze_stages")
     WEIGHT_SOURCES = ("init_from",)  # where weights come from at the start; a resumed run has them already
 
     def without_weight_sources(self) -> "BackboneOptions":
@@ -87,6 +90,11 @@ class Backbone(nn.Module):
         """Each parameter's depth (for layer-wise lr decay), or None where the backbone does not know them."""
         return None
 
+    def stages(self) -> Optional[List[List[str]]]:
+        """The parameter names of each stage, from the input on (the stem in the first), or None where the
+        backbone has no stages to freeze. Parameters after the last stage (a final norm) are in none."""
+        return None
+
     def freeze_features(self) -> None:
         """Trains the classifier only: feature weights get no gradient and BatchNorm keeps its statistics."""
         self.features_frozen = True
@@ -95,13 +103,59 @@ class Backbone(nn.Module):
                 p.requires_grad_(False)
         self.train(self.training)
 
+    def freeze_stages(self, count: int) -> int:
+        """Freezes the first `count` stages: their parameters get no gradient (so the optimiser leaves them
+        out) and their BatchNorm layers stay in eval mode, keeping their running statistics, through any
+        later `train()`. Returns the number of frozen parameters."""
+        stages = self.stages()
+        if stages is None:
+            raise UserError(f"backbone.freeze_stages={count}: this backbone ({type(self).__name__}) has no "
+                            f"stages; use backbone.freeze_features=true (train the classifier only) or a "
+                            f"timm/torchvision backbone")
+        if count > len(stages):
+            raise UserError(f"backbone.freeze_stages={count}: {self.describe_stages()} has {len(stages)} "
+                            f"stages; allowed 0 to {len(stages)}")
+        frozen = {name for stage in stages[:count] for name in stage}
+        for name, p in self.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
+        self.frozen_norms = _frozen_norm_layers(self)
+        self.train(self.training)
+        return len(frozen)
+
+    def describe_stages(self) -> str:
+        """How an error names the network whose stages it counts."""
+        return f"backbone {type(self).__name__}"
+
     def train(self, mode: bool = True):
         super().train(mode)
         if getattr(self, "features_frozen", False):
             for name, child in self.named_children():
                 if name != "classifier":
                     child.train(False)
+        for name in getattr(self, "frozen_norms", ()):
+            self.get_submodule(name).train(False)
         return self
+
+
+def _frozen_norm_layers(model: nn.Module) -> List[str]:
+    """The names of the normalisation layers with running statistics whose weights are all frozen.
+
+    A layer without affine weights counts as frozen when the nearest enclosing module that has weights
+    is all frozen (its stage).
+    """
+    modules = dict(model.named_modules())
+    names = []
+    for name, module in modules.items():
+        if getattr(module, "running_mean", None) is None:
+            continue
+        owner = name
+        while owner and not any(True for _ in modules[owner].parameters()):
+            owner = owner.rpartition(".")[0]
+        params = list(modules[owner].parameters())
+        if params and not any(p.requires_grad for p in params):
+            names.append(name)
+    return names
 
 
 def build_backbone(name: str, options: BackboneOptions, in_channels: int, num_classes: int,

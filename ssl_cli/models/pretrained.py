@@ -13,6 +13,15 @@ Preprocessing follows the model: the normalisation mean/std come from its pretra
 (`timm.data.resolve_model_data_config`; ImageNet's for torchvision) unless `backbone.mean`/`std` are
 set, whether or not weights are loaded, so a resumed run normalises as the first one did.
 `backbone.image_size` makes the trainer resize the data to the size the model expects.
+
+Stages (`backbone.freeze_stages`): a timm model's are the block groups of its coarse `group_matcher()`,
+the grouping timm's own layer decay uses (ResNet: layer1-4; ConvNeXt: stages.0-3; ViT: each block;
+EfficientNet/MobileNet: blocks.0-6/0-5), parameters timm assigns to the previous group (a ViT's final
+norm, EfficientNet's conv_head) going with the last one. A torchvision model's are its own stage
+modules (ResNet layer1-4, ShuffleNet stage2-4, RegNet's trunk blocks, ViT's encoder layers), or, for the
+models built as one `features` sequence (MobileNet, EfficientNet, ConvNeXt, DenseNet, VGG, Swin), the runs
+of that sequence at one resolution: a stage begins at each layer that downsamples. Either way the stem
+(every parameter before the first stage) is part of the first stage.
 """
 
 from __future__ import annotations
@@ -88,8 +97,9 @@ class LibraryBackbone(Backbone):
 
     def __init__(self, net: nn.Module, feature_dim: int, in_channels: int, num_classes: int,
                  image_size: Sequence[int], normalization: Tuple[List[float], List[float]],
-                 layer_of: Optional[Dict[str, int]] = None):
+                 layer_of: Optional[Dict[str, int]] = None, library: str = "timm", model_name: str = ""):
         super().__init__(in_channels, num_classes, image_size)
+        self.library, self.model_name = library, model_name
         self.net = net
         self.feature_dim = int(feature_dim)
         self.classifier = nn.Linear(self.feature_dim, self.num_classes)
@@ -106,6 +116,22 @@ class LibraryBackbone(Backbone):
         deepest = max(self._layer_of.values(), default=0) + 1
         return {**{f"net.{k}": v for k, v in self._layer_of.items()},
                 **{f"classifier.{k}": deepest for k, _ in self.classifier.named_parameters()}}
+
+    def stages(self) -> Optional[List[List[str]]]:
+        found = (_timm_stages(self.net) if self.library == "timm"
+                 else _torchvision_stages(self.net, self.in_channels, self.model_name))
+        return [[f"net.{name}" for name in stage] for stage in found]
+
+    def describe_stages(self) -> str:
+        return f"{self.library} model {self.model_name}"
+
+
+def _with_stem(net: nn.Module, stages: List[List[str]]) -> List[List[str]]:
+    """The stages with the stem (every parameter registered before the first stage's) joined to the first."""
+    first = set(stages[0])
+    names = [name for name, _ in net.named_parameters()]
+    start = next(i for i, name in enumerate(names) if name in first)
+    return [names[:start] + stages[0], *stages[1:]]
 
 
 def _normalization(o: PretrainedOptions, mean, std, in_channels: int) -> Tuple[List[float], List[float]]:
@@ -202,7 +228,34 @@ def timm_backbone(o: PretrainedOptions, in_channels, num_classes, image_size) ->
         layer_of = None
     # Some heads have a hidden layer (MobileNetV3's 1024 units): the features are its output.
     feature_dim = getattr(net, "head_hidden_size", None) or net.num_features
-    return LibraryBackbone(net, feature_dim, in_channels, num_classes, image_size, normalization, layer_of)
+    return LibraryBackbone(net, feature_dim, in_channels, num_classes, image_size, normalization, layer_of,
+                           "timm", o.model_name)
+
+
+def _timm_stages(net: nn.Module) -> List[List[str]]:
+    """The block groups of timm's coarse group_matcher, the stem joined to the first (see the module doc)."""
+    try:
+        matcher = net.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        matcher = None
+    if not isinstance(matcher, dict) or "stem" not in matcher:
+        raise UserError(f"backbone.freeze_stages: timm model {type(net).__name__} does not name its stages "
+                        f"(no group_matcher); use backbone.freeze_features=true or another model")
+
+    def patterns(value):
+        return [value] if isinstance(value, str) else [p for p, _ in value]
+
+    stem = patterns(matcher["stem"])
+    blocks = [p for key, value in matcher.items() if key != "stem" for p in patterns(value)]
+    group_of = group_parameters(net, matcher, reverse=True)
+    stages: Dict[int, List[str]] = {}
+    for name, _ in net.named_parameters():
+        if any(re.match(p, name) for p in stem) or not any(re.match(p, name) for p in blocks):
+            continue  # the stem (joined below) or after the stages (a head norm)
+        stages.setdefault(group_of[name], []).append(name)
+    if not stages:
+        raise UserError(f"backbone.freeze_stages: timm model {type(net).__name__} has no stages")
+    return _with_stem(net, [stages[k] for k in sorted(stages)])
 
 
 def _create_timm(name: str, kwargs: dict, image_size) -> nn.Module:
@@ -252,7 +305,65 @@ def torchvision_backbone(o: PretrainedOptions, in_channels, num_classes, image_s
     feature_dim = _drop_head(net)
     _adapt_first_conv(net, in_channels)
     return LibraryBackbone(net, feature_dim, in_channels, num_classes, image_size,
-                           _normalization(o, IMAGENET_MEAN, IMAGENET_STD, in_channels))
+                           _normalization(o, IMAGENET_MEAN, IMAGENET_STD, in_channels),
+                           library="torchvision", model_name=o.model_name)
+
+
+def _torchvision_stages(net: nn.Module, in_channels: int, model_name: str) -> List[List[str]]:
+    """A torchvision model's stages as parameter names of `net` (see the module doc)."""
+    children = dict(net.named_children())
+    numbered = [name for name in children if re.fullmatch(r"(layer|stage)\d+", name)]  # ResNet, ShuffleNet
+    if numbered:
+        modules = [[name] for name in numbered]
+    elif "trunk_output" in children:  # RegNet
+        modules = [[f"trunk_output.{name}"] for name, _ in net.trunk_output.named_children()]
+    elif isinstance(getattr(getattr(net, "encoder", None), "layers", None), nn.Sequential):  # ViT
+        modules = [[f"encoder.layers.{name}"] for name, _ in net.encoder.layers.named_children()]
+    elif isinstance(children.get("features"), nn.Sequential):
+        modules = [[f"features.{name}" for name in run] for run in _resolution_runs(net, in_channels)]
+    else:
+        raise UserError(f"backbone.freeze_stages: ssl-cli does not know the stages of torchvision model "
+                        f"{model_name} (it knows ResNet, ShuffleNet, RegNet, ViT and the models built as one "
+                        f"`features` sequence); use backbone=timm or backbone.freeze_features=true")
+    stages = [[name for name, _ in net.named_parameters() if any(name.startswith(m + ".") for m in stage)]
+              for stage in modules]
+    return _with_stem(net, [stage for stage in stages if stage])
+
+
+def _resolution_runs(net: nn.Module, in_channels: int, size: int = 128) -> List[List[str]]:
+    """The names of the layers of `net.features[1:]` grouped into runs at one resolution: a run begins at each layer
+    whose output is smaller than its input (features[0], the stem, joins the first run later). One forward
+    pass of a zero image at `size` px measures them (dimension 2: the height, or a Swin's width).
+    A first run of plain layers (a norm, an activation) belongs to the stem."""
+    shrinks: Dict[int, bool] = {}
+
+    def hook(index):
+        def record(module, inputs, output):
+            if torch.is_tensor(output) and output.ndim == 4 and inputs[0].ndim == 4:
+                shrinks[index] = output.shape[2] < inputs[0].shape[2]
+        return record
+
+    layers = list(net.features.named_children())
+    handles = [layer.register_forward_hook(hook(i)) for i, (_, layer) in enumerate(layers) if i > 0]
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net.features(torch.zeros(1, in_channels, size, size))
+    finally:
+        net.train(was_training)
+        for handle in handles:
+            handle.remove()
+    runs: List[List[str]] = []
+    for i, (name, _) in enumerate(layers[1:], start=1):
+        if not runs or shrinks.get(i, False):
+            runs.append([])
+        runs[-1].append(name)
+    modules = dict(layers)
+    if len(runs) > 1 and not any(any(True for _ in modules[name].children()) for name in runs[0]):
+        plain = runs.pop(0)  # plain norm/activation layers after the stem (DenseNet's) are stem too
+        runs[0] = plain + runs[0]
+    return runs
 
 
 def _head_name(net: nn.Module) -> str:
