@@ -53,7 +53,8 @@ TINY_DATA = ["dataset.num_train=32", "dataset.num_test=8", "dataset.image_size=8
              "dataset.num_validation=4"]
 TINY_METHOD = {"fixmatch": ["method.unlabeled_ratio=1"], "pseudolabel": ["method.unlabeled_ratio=1"],
                **{m: ["method.unlabeled_ratio=1"] for m in ("flexmatch", "freematch", "softmatch", "adamatch", "uda",
-                                                             "simmatch", "comatch", "dash", "mixmatch", "remixmatch")},
+                                                             "simmatch", "comatch", "dash", "mixmatch", "remixmatch",
+                                                             "crmatch")},
                "selfsup": ["method.pretrain_steps=1", "method.pretrain_batch_size=4"]}
 
 # --------------------------------------------------------------------------- settings
@@ -130,6 +131,7 @@ FLEX, FREE, SOFT, ADA, UDA = (("method=flexmatch",), ("method=freematch",), ("me
 SIMM, COM = ("method=simmatch",), ("method=comatch",)
 DASH, PI, MT, VAT = ("method=dash",), ("method=pimodel",), ("method=meanteacher",), ("method=vat",)
 MIX, REMIX = ("method=mixmatch",), ("method=remixmatch",)
+CRM = ("method=crmatch",)
 ADAM, ADAMW, WRN = ("optim=adam",), ("optim=adamw",), ("backbone=wrn28_2",)
 TIMM = ("backbone=timm", "backbone.model_name=resnet10t")  # a small timm model (no weights: no network)
 TENSORBOARD, MLFLOW = ("logger=[tensorboard]",), ("logger=[mlflow]",)
@@ -214,6 +216,8 @@ VALID: List[Case] = [
     Case("method.rotation_weight", floats(0.0, 1.0), context=REMIX, combine=False),
     Case("method.alignment_momentum", floats(0.0, 0.999), context=REMIX, combine=False),
     Case("method.mixup_alpha", floats(0.05, 4.0), context=REMIX, combine=False),
+    Case("method.feature_distance_weight", floats(0.0, 1.0), context=CRM, combine=False),
+    Case("method.rotation_weight", floats(0.0, 1.0), context=CRM, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMCLR, combine=False),
     Case("method.temperature", floats(0.05, 1.0), context=SIMM, combine=False),
     Case("method.projection_dim", ints(1, 16), context=SIMM, combine=False),
@@ -247,7 +251,7 @@ VALID: List[Case] = [
     Case("scheduler", one_of("constant", "cosine", "warmup_cosine")),
     Case("method", one_of("supervised", "pseudolabel", "fixmatch", "simclr", "byol", "selfsup", "flexmatch",
                           "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash", "pimodel",
-                          "meanteacher", "vat", "mixmatch", "remixmatch"), combine=False),
+                          "meanteacher", "vat", "mixmatch", "remixmatch", "crmatch"), combine=False),
     Case("optim", one_of("sgd", "adam", "adamw"), combine=False),
     Case("augmentation", one_of("none", "fixmatch", "classic")),
     Case("trainer.max_steps", ints(1, 3), combine=False),
@@ -356,6 +360,8 @@ INVALID: List[Case] = [
     Case("method.warmup_fraction", probability_invalid(), context=MIX),
     Case("method.premix_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=REMIX),
     Case("method.rotation_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=REMIX),
+    Case("method.feature_distance_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=CRM),
+    Case("method.rotation_weight", st.one_of(below(0.0), NOT_A_NUMBER), context=CRM),
     Case("method.alignment_momentum", st.one_of(below(0.0), one_of("1", "1.0"), above(1.0), NOT_A_NUMBER),
          context=REMIX),
     Case("method.temperature", st.one_of(below(0.0), one_of("0", "0.0"), NOT_A_NUMBER), context=SIMCLR),
@@ -487,7 +493,7 @@ ALL_KEYS = set().union(*(known_keys(o) for o in ("method=fixmatch", "method=pseu
                                                   "method=flexmatch", "method=freematch", "method=softmatch",
                                                   "method=adamatch", "method=uda", "method=simmatch", "method=comatch",
                                                   "method=dash", "method=pimodel", "method=meanteacher", "method=vat",
-                                                  "method=mixmatch", "method=remixmatch",
+                                                  "method=mixmatch", "method=remixmatch", "method=crmatch",
                                                   "method=byol", "method=selfsup", "optim=adam", "backbone=wrn28_2",
                                                   "backbone=timm", "logger=[tensorboard,mlflow]")))
 CONFIGS = REPO / "configs"

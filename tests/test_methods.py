@@ -258,7 +258,8 @@ def test_every_registered_method_has_a_view_test():
               "flexmatch", "freematch", "softmatch", "adamatch", "uda",
               "simmatch", "comatch",  # tests/test_methods_contrastive.py
               "dash", "pimodel", "meanteacher", "vat",  # tests/test_methods_consistency.py
-              "mixmatch", "remixmatch"}  # tests/test_methods_mixing.py
+              "mixmatch", "remixmatch",  # tests/test_methods_mixing.py
+              "crmatch"}  # tests/test_methods_crmatch.py
     assert set(METHODS.names()) <= tested, set(METHODS.names()) - tested
 
 
@@ -272,7 +273,7 @@ LEARN = ["debug=smoke", "trainer.max_steps=30", "trainer.eval_every=30", "traine
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["supervised", "pseudolabel", "fixmatch", "simclr", "byol", "flexmatch",
                                     "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash",
-                                    "pimodel", "meanteacher", "vat", "mixmatch", "remixmatch"])
+                                    "pimodel", "meanteacher", "vat", "mixmatch", "remixmatch", "crmatch"])
 def test_each_method_beats_chance(method, tmp_path):
     # synthetic: 4 classes (chance 25 %), 16 labels; 30 steps give 66-99 % on this machine.
     extra = [] if method in ("supervised", "simclr", "byol") else ["method.unlabeled_ratio=2"]
@@ -288,7 +289,7 @@ def test_each_method_beats_chance(method, tmp_path):
 # --------------------------------------------------------------------------- resume exactness
 
 ADAPTIVE = ["fixmatch", "flexmatch", "freematch", "softmatch", "adamatch", "uda", "simmatch", "comatch", "dash",
-            "mixmatch", "remixmatch"]
+            "mixmatch", "remixmatch", "crmatch"]
 # Π-model, Mean Teacher and VAT keep no state beyond the weights and the EMA: tests/test_methods_consistency.py
 # Methods with no running statistics: what must survive the checkpoint is their random draws (MixUp's),
 # which only the model's weights show.

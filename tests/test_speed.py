@@ -105,7 +105,7 @@ def test_benchmark_errors_are_one_line(capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["fixmatch", "fixmatch+da", "flexmatch", "freematch", "softmatch", "adamatch", "uda",
                                     "simmatch", "comatch", "dash", "pimodel", "meanteacher", "vat", "mixmatch",
-                                    "remixmatch"])
+                                    "remixmatch", "crmatch"])
 def test_cuda_training_step_never_waits_for_the_device(method, tmp_path):
     extra = ["method=fixmatch", "method.distribution_alignment=true"] if method == "fixmatch+da" else [f"method={method}"]
     if method in ("simmatch", "comatch"):  # use the bank / queue within the 40 steps

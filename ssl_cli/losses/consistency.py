@@ -3,6 +3,7 @@
 probability_mse         Π-model / Mean Teacher: squared distance between softmax outputs
 kl_divergence           KL(softmax(target) || softmax(logits)), the target detached (VAT)
 entropy                 mean prediction entropy (entropy minimisation, VAT's extra term)
+feature_distance        CRMatch's FeatDistLoss: masked hinge on the cosine similarity of two views' features
 adversarial_perturbation  VAT's power iteration for the direction the prediction is most sensitive to
 """
 
@@ -33,6 +34,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over images of H(softmax(logits)) = -Σ p log p (its gradient sharpens the predictions)."""
     log_p = F.log_softmax(logits.float(), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def feature_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CRMatch's FeatDistLoss as USB computes it: mean over rows of mask · max(0, cos(a, b)).
+
+    (USB: F.cosine_embedding_loss(a, b, target -1, margin 0), masked, averaged over all rows.) Minimising it
+    pushes the two views' features apart (equivariance) until they are orthogonal; both get the gradient.
+    """
+    cosine = F.cosine_similarity(a.float(), b.float(), dim=1)
+    return (cosine.clamp_min(0) * mask).mean()
 
 
 def per_image_unit(d: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""Self-supervised losses: SimCLR's NT-Xent and BYOL's regression loss.
+"""Self-supervised losses: SimCLR's NT-Xent, BYOL's regression loss and rotation prediction.
 
 All in float32 even under bf16 autocast: autocast would run the similarity matmul in bf16 (about three
 significant digits), and NT-Xent's logits are similarities divided by a small temperature.
 """
 
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,3 +70,11 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = F.normalize(prediction.float(), dim=1)
     z = F.normalize(target.detach().float(), dim=1)
     return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+def rotation_prediction(rotation_logits: torch.Tensor, turns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rotation prediction (Gidaris et al. 2018; ReMixMatch's and CRMatch's self-supervised term): the mean
+    cross-entropy of the 4-way head's logits to the number of quarter turns, and the head's accuracy."""
+    loss = F.cross_entropy(rotation_logits.float(), turns)
+    accuracy = (rotation_logits.detach().argmax(dim=1) == turns).float().mean()
+    return loss, accuracy

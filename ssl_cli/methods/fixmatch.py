@@ -9,7 +9,9 @@ AdaMatch, Dash, UDA): each subclass overrides only the small steps it changes,
 * `pseudo_targets(weak_probs, batch, step, context)`: the strong view's targets (hard labels or soft rows),
 * `unlabeled_mask(weak_probs, targets, batch, step, context)`: per-image weight in [0, 1],
 * `supervised_loss(logits_labeled, batch, step)` and `extra_loss(logits_strong, mask, context)`,
-  (`context` holds this step's probabilities; an override may add step metrics to context["metrics"]),
+  (`context` holds this step's probabilities, the forward pass's whole `output` and the row counts `rows`
+  (labeled, unlabeled); an override may add step metrics to context["metrics"]),
+* `extra_inputs(batch, context)`: more images for the same forward pass, after the strong views (CRMatch),
 * `update_state(outputs)`: the running statistics, once per optimiser step (from detached tensors),
 * `adaptive_metrics()`: what the method adapts, for the progress bar and metrics.jsonl.
 
@@ -18,7 +20,7 @@ probabilities towards the labeled class histogram (or uniform) before any of tha
 """
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 
@@ -74,6 +76,9 @@ class FixMatch(Method):
     def extra_loss(self, logits_strong, mask, context: Dict) -> torch.Tensor:
         return logits_strong.new_zeros(())
 
+    def extra_inputs(self, batch, context: Dict) -> Tuple[torch.Tensor, ...]:
+        return ()
+
     def update_state(self, outputs) -> None:
         """Moves the running statistics with one optimiser step's outputs (their detached `state`)."""
         if self.alignment is not None:
@@ -88,14 +93,16 @@ class FixMatch(Method):
         (labeled,) = batch.labeled
         weak, strong = batch.unlabeled
         n, u = labeled.shape[0], weak.shape[0]
-        # One concatenated forward pass, as in the reference code, so BatchNorm statistics mix all three.
-        logits = model(torch.cat([labeled, weak, strong])).logits
-        logits_labeled, logits_weak, logits_strong = logits[:n], logits[n:n + u], logits[n + u:]
+        context = {"metrics": {}, "rows": (n, u)}  # an override may add step metrics here
+        # One concatenated forward pass, as in the reference code, so BatchNorm statistics mix all views.
+        output = model(torch.cat([labeled, weak, strong, *self.extra_inputs(batch, context)]))
+        logits = output.logits
+        logits_labeled, logits_weak, logits_strong = logits[:n], logits[n:n + u], logits[n + u:n + 2 * u]
         sup_loss = self.supervised_loss(logits_labeled, batch, step)
         raw_weak_probs, probs_labeled = probabilities(logits_weak), probabilities(logits_labeled)
         weak_probs = self.align(raw_weak_probs, probs_labeled)
-        context = {"raw_weak_probs": raw_weak_probs, "weak_probs": weak_probs, "probs_labeled": probs_labeled,
-                   "metrics": {}}  # an override may add step metrics here
+        context.update(raw_weak_probs=raw_weak_probs, weak_probs=weak_probs, probs_labeled=probs_labeled,
+                       output=output)
         targets = self.pseudo_targets(weak_probs, batch, step, context)
         mask = self.unlabeled_mask(weak_probs, targets, batch, step, context)
         unsup_loss = masked_cross_entropy(logits_strong, targets, mask)

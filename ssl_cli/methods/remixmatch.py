@@ -23,14 +23,15 @@ strong views (the paper uses 8), T 0.5, α 0.75, λ_u 1.5, λ_Û1 (kl_loss_ratio
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import option
 from ssl_cli.losses.classification import cross_entropy
 from ssl_cli.losses.pseudo_labels import DistributionAlignment, probabilities, sharpen
+from ssl_cli.losses.selfsup import rotation_prediction
 from ssl_cli.methods.base import METHODS
 from ssl_cli.methods.mixmatch import MixMatch, MixMatchOptions
+from ssl_cli.models.heads import rotation_head
 from ssl_cli.transforms.ops import rotate_quarter_turns
 
 
@@ -67,7 +68,7 @@ class ReMixMatch(MixMatch):
 
     def setup(self, model, ema):
         if self.options.rotation_weight > 0:
-            self.rotation_head = nn.Linear(model.feature_dim, 4)
+            self.rotation_head = rotation_head(model.feature_dim)
 
     def guess(self, model, batch):
         """Sec. 3.2: the weak view's prediction, aligned to the labeled histogram, then sharpened."""
@@ -97,10 +98,8 @@ class ReMixMatch(MixMatch):
         loss = ramp * self.options.premix_weight * premix
         if self.options.rotation_weight > 0:
             rotation_logits = self.rotation_head(output.features[rows + u:])
-            turns = context["rotation_targets"]
-            rotation = cross_entropy(rotation_logits, turns)
-            context["metrics"]["rotation_loss"] = rotation.detach()
-            context["metrics"]["rotation_acc"] = (rotation_logits.detach().argmax(dim=1) == turns).float().mean()
+            rotation, accuracy = rotation_prediction(rotation_logits, context["rotation_targets"])
+            context["metrics"].update(rotation_loss=rotation.detach(), rotation_acc=accuracy)
             loss = loss + self.options.rotation_weight * rotation
         # How far alignment moves the predictions: the largest class scale, target / model mean.
         scale = self.alignment.target / self.alignment.model_probs.clamp_min(1e-6)

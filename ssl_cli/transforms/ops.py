@@ -13,6 +13,7 @@ Views:
   strong_augment   weak_augment -> rand_augment -> cutout (FixMatch's strong view)
   classic_augment  Keras-style rotation / shift / flips in a single affine warp
   rotate_quarter_turns  each image turned by its own multiple of 90° (ReMixMatch's rotation loss)
+  all_quarter_turns  every image in all four turns (CRMatch's rotation loss)
 """
 
 from __future__ import annotations
@@ -598,13 +599,24 @@ def contrastive_augment(
 # --------------------------------------------------------------------------------------------------
 
 
+def _four_turns(images: Tensor) -> Tensor:
+    """[4, B, ...]: the whole batch turned counter-clockwise by 0°, 90°, 180° and 270°, square images."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"quarter turns need square images, got {tuple(images.shape[-2:])}")
+    return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+
+
 def rotate_quarter_turns(images: Tensor, turns: Tensor) -> Tensor:
     """Image i turned counter-clockwise by turns[i] × 90° (turns in 0..3), any dtype, square images.
 
     All four turns of the batch are made at once and each image picks its own: four whole-batch
     rotations and one gather instead of a loop over images.
     """
-    if images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"quarter turns need square images, got {tuple(images.shape[-2:])}")
-    every = torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
-    return every[turns, torch.arange(images.shape[0], device=images.device)]
+    return _four_turns(images)[turns, torch.arange(images.shape[0], device=images.device)]
+
+
+def all_quarter_turns(images: Tensor) -> Tuple[Tensor, Tensor]:
+    """Every image in all four turns, (turned [4B, ...], turns [4B]): the batch at 0°, then at 90°, 180°,
+    270° counter-clockwise (CRMatch's RotNet batch, in USB's order), and each row's number of turns."""
+    turns = torch.arange(4, device=images.device).repeat_interleave(images.shape[0])
+    return _four_turns(images).flatten(0, 1), turns
