@@ -551,11 +551,15 @@ def plot_accuracy_curves(report: Report, path: Path) -> Optional[Path]:
 def plot_label_efficiency(report: Report, path: Path) -> Optional[Path]:
     if not report.cells:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in report.methods:
+    many = len(report.methods) > 8  # beyond matplotlib's default colours: a wider figure, the legend outside
+    fig, ax = plt.subplots(figsize=(10, 5) if many else (6, 4), dpi=120)
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^v<>pP*Xh"
+    for i, method in enumerate(report.methods):
         points = sorted((n, c.mean, c.std) for (m, n), c in report.cells.items() if m == method)
         ns, means, stds = zip(*points)
-        ax.errorbar(ns, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3, label=method)
+        ax.errorbar(ns, [100 * m for m in means], yerr=[100 * s for s in stds], marker=markers[i % len(markers)],
+                    color=colours[i % len(colours)], capsize=3, label=method)
     targets = {(r["baseline"], r["supervised_labels"], r["target_accuracy"]) for r in report.labels_needed().values()}
     for base, top, target in sorted(targets):
         ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1, label=f"{base} @ {top} labels")
@@ -567,7 +571,10 @@ def plot_label_efficiency(report: Report, path: Path) -> Optional[Path]:
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(f"Label efficiency ({'final' if report.kind == 'final' else 'validation-selected'} test accuracy)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    if many:
+        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
