@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ssl_cli.losses.classification import (cross_entropy, linear_rampup, masked_cross_entropy,
+from ssl_cli.losses.classification import (cross_entropy, linear_rampup, masked_cross_entropy, one_hot,
                                            pseudo_label_accuracy)
 from ssl_cli.losses.pseudo_labels import confident_pseudo_labels
 
@@ -66,3 +66,9 @@ def test_pseudo_label_accuracy_counts_only_confident_known():
     truth = torch.tensor([0, 2, 2, -1])  # last one unknown
     correct, counted = pseudo_label_accuracy(pseudo, mask, truth)
     assert (correct.item(), counted.item()) == (1.0, 2.0)
+
+
+def test_one_hot_rows_are_float_and_equal_torch_one_hot():
+    labels = torch.tensor([2, 0, 1, 2])
+    rows = one_hot(labels, 4)
+    assert rows.dtype == torch.float32 and torch.equal(rows, torch.nn.functional.one_hot(labels, 4).float())

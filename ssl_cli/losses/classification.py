@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float32 one-hot rows, by a scatter: F.one_hot checks the labels' range on the host (a sync on CUDA)."""
+    return torch.zeros(labels.shape[0], num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
+
+
 def _per_row(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each row: integer targets [B] or soft targets [B, C] (rows summing to 1)."""
     if targets.is_floating_point():

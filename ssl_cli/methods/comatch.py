@@ -22,7 +22,7 @@ import torch
 from ssl_cli.core.distributed import all_gather
 from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import option
-from ssl_cli.losses.classification import cross_entropy, masked_cross_entropy, pseudo_label_accuracy
+from ssl_cli.losses.classification import cross_entropy, masked_cross_entropy, one_hot, pseudo_label_accuracy
 from ssl_cli.losses.memory import (FIFOQueue, QueueAlignment, graph_contrastive_loss, memory_smoothed,
                                    pseudo_label_graph)
 from ssl_cli.losses.pseudo_labels import probabilities
@@ -97,13 +97,12 @@ class CoMatch(Method):
             "alignment_spread": model_probs.max() - model_probs.min(),
             "queue_filled": self.queue.filled.float() / o.queue_size,
         }
-        # (scatter_, not one_hot, which checks the labels' range on the host: a sync on CUDA)
-        one_hot = weak_probs.new_zeros(n, weak_probs.shape[1]).scatter_(1, batch.labels[:, None], 1.0)
+        labeled_probs = one_hot(batch.labels, weak_probs.shape[1])
         # The memory keeps the weak embeddings with their aligned (unsmoothed) probabilities, and the
         # labeled embeddings with their one-hot labels, as in the reference code.
         state = {"raw_weak_probs": raw_weak_probs,
                  "queue_feats": torch.cat([z_weak, z[:n].detach()]),
-                 "queue_probs": torch.cat([weak_probs, one_hot])}
+                 "queue_probs": torch.cat([weak_probs, labeled_probs])}
         return StepOutput(loss, metrics, state)
 
     def after_step(self, model, step: int, outputs) -> None:

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import option
 from ssl_cli.losses.consistency import feature_distance
 from ssl_cli.losses.selfsup import rotation_prediction
 from ssl_cli.methods.base import METHODS, ThresholdOptions
 from ssl_cli.methods.fixmatch import FixMatch
 from ssl_cli.models.heads import rotation_head
-from ssl_cli.transforms.ops import all_quarter_turns
+from ssl_cli.transforms.ops import all_quarter_turns, check_rotatable
 
 
 @dataclass
@@ -58,10 +57,8 @@ class CRMatch(FixMatch):
 
     def __init__(self, options, data, max_steps):
         super().__init__(options, data, max_steps)
-        height, width = data.image_size
-        if options.rotation_weight > 0 and height != width:
-            raise UserError(f"method=crmatch turns images by 90° for its rotation loss and needs square images, "
-                            f"got {height}x{width}: resize them, or set method.rotation_weight=0")
+        if options.rotation_weight > 0:
+            check_rotatable(data.image_size, "crmatch")
 
     def setup(self, model, ema):
         if self.options.feature_distance_weight > 0:

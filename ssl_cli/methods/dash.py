@@ -16,10 +16,9 @@ USB's defaults (config/classic_cv/dash): γ 1.27, C 1.0001, ρ_min 0.05, 2,048 w
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ssl_cli.core.options import option
-from ssl_cli.losses.classification import cross_entropy
+from ssl_cli.losses.classification import cross_entropy, one_hot
 from ssl_cli.losses.pseudo_labels import sharpen
 from ssl_cli.methods.base import METHODS, SemiSupervisedOptions, StepOutput
 from ssl_cli.methods.fixmatch import FixMatch
@@ -57,7 +56,7 @@ class Dash(FixMatch):
         return self.loss_threshold <= self.options.min_threshold
 
     def pseudo_targets(self, weak_probs, batch, step, context):
-        hard = F.one_hot(weak_probs.argmax(dim=1), weak_probs.shape[1]).float()
+        hard = one_hot(weak_probs.argmax(dim=1), weak_probs.shape[1])
         return torch.where(self.hard_labels(), hard, sharpen(weak_probs, self.options.temperature))
 
     def unlabeled_mask(self, weak_probs, targets, batch, step, context):

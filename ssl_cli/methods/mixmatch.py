@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ssl_cli.core.options import option
-from ssl_cli.losses.classification import cross_entropy, linear_rampup, pseudo_label_accuracy
+from ssl_cli.losses.classification import cross_entropy, linear_rampup, one_hot, pseudo_label_accuracy
 from ssl_cli.losses.pseudo_labels import mix_rows, mixup_draw, probabilities, sharpen
 from ssl_cli.methods.base import METHODS, Method, SemiSupervisedOptions, StepOutput
 
@@ -41,11 +41,6 @@ class MixMatchOptions(SemiSupervisedOptions):
     mixup_alpha: float = option(0.5, "MixUp's λ ~ Beta(α, α), then max(λ, 1 - λ)", above=0, high=100)
     warmup_fraction: float = option(0.4, "the unlabeled weight ramps up linearly over this share of training",
                                     low=0, high=1)
-
-
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """float32 one-hot rows (a scatter: no check of the labels' range that would read them back on CUDA)."""
-    return torch.zeros(labels.shape[0], num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
 
 
 @METHODS.register("mixmatch")

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ssl_cli.core.errors import UserError
 from ssl_cli.core.options import option
 from ssl_cli.losses.classification import cross_entropy
 from ssl_cli.losses.pseudo_labels import DistributionAlignment, probabilities, sharpen
@@ -32,7 +31,7 @@ from ssl_cli.losses.selfsup import rotation_prediction
 from ssl_cli.methods.base import METHODS
 from ssl_cli.methods.mixmatch import MixMatch, MixMatchOptions
 from ssl_cli.models.heads import rotation_head
-from ssl_cli.transforms.ops import rotate_quarter_turns
+from ssl_cli.transforms.ops import check_rotatable, rotate_quarter_turns
 
 
 @dataclass
@@ -59,10 +58,8 @@ class ReMixMatch(MixMatch):
 
     def __init__(self, options, data, max_steps):
         super().__init__(options, data, max_steps)
-        height, width = data.image_size
-        if options.rotation_weight > 0 and height != width:
-            raise UserError(f"method=remixmatch turns images by 90° for its rotation loss and needs square images, "
-                            f"got {height}x{width}: resize them, or set method.rotation_weight=0")
+        if options.rotation_weight > 0:
+            check_rotatable(data.image_size, "remixmatch")
         # A class no labeled image has would get probability 0 forever: keep a floor (USB's 1e-6).
         self.alignment = DistributionAlignment([p + 1e-6 for p in data.class_prior], options.alignment_momentum)
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_cli.core.errors import UserError
+
 OPS: Tuple[str, ...] = (
     "autocontrast",
     "brightness",
@@ -604,6 +606,14 @@ def _four_turns(images: Tensor) -> Tensor:
     if images.shape[-1] != images.shape[-2]:
         raise ValueError(f"quarter turns need square images, got {tuple(images.shape[-2:])}")
     return torch.stack([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+
+
+def check_rotatable(image_size: Tuple[int, int], method: str) -> None:
+    """Quarter turns keep a batch's shape only for square images: one line naming the way out otherwise."""
+    height, width = image_size
+    if height != width:
+        raise UserError(f"method={method} turns images by 90° for its rotation loss and needs square images, "
+                        f"got {height}x{width}: resize them, or set method.rotation_weight=0")
 
 
 def rotate_quarter_turns(images: Tensor, turns: Tensor) -> Tensor:
