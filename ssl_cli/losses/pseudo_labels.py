@@ -161,7 +161,8 @@ class DistributionAlignment(nn.Module):
     def __init__(self, target: Sequence[float], momentum: float = 0.999):
         super().__init__()
         self.momentum = momentum
-        target = torch.as_tensor(list(target), dtype=torch.float32)
+        # A class with target 0 (no labeled image has it) would get probability 0 forever: a floor (USB's 1e-6).
+        target = torch.as_tensor(list(target), dtype=torch.float32) + 1e-6
         self.register_buffer("target", target / target.sum())
         self.register_buffer("model_probs", torch.full_like(target, 1.0 / len(target)))
 

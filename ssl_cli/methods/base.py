@@ -57,6 +57,11 @@ class ThresholdOptions(SemiSupervisedOptions):
                                          low=0, high=1)
 
 
+def alignment_momentum_option():
+    """Distribution alignment's momentum, declared once for every method that aligns (FixMatch's family, ReMixMatch)."""
+    return option(0.999, "EMA momentum of the model's mean prediction (alignment)", low=0, below=1)
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor

@@ -27,7 +27,7 @@ import torch
 from ssl_cli.core.options import option
 from ssl_cli.losses.classification import cross_entropy, masked_cross_entropy, pseudo_label_accuracy
 from ssl_cli.losses.pseudo_labels import DistributionAlignment, probabilities
-from ssl_cli.methods.base import METHODS, Method, StepOutput, ThresholdOptions
+from ssl_cli.methods.base import METHODS, Method, StepOutput, ThresholdOptions, alignment_momentum_option
 
 ALIGNMENT_TARGETS = ("labeled-histogram", "uniform")
 
@@ -38,8 +38,7 @@ class FixMatchOptions(ThresholdOptions):
                                                  "(ReMixMatch) before thresholding")
     alignment_target: str = option("labeled-histogram", "distribution alignment's target: the labeled images' "
                                                         "class histogram or uniform", choices=ALIGNMENT_TARGETS)
-    alignment_momentum: float = option(0.999, "EMA momentum of the model's mean prediction (alignment)",
-                                       low=0, below=1)
+    alignment_momentum: float = alignment_momentum_option()
 
 
 @METHODS.register("fixmatch")
@@ -56,8 +55,7 @@ class FixMatch(Method):
         if getattr(options, "distribution_alignment", False):
             uniform = [1.0] * data.num_classes
             target = list(data.class_prior) if options.alignment_target == "labeled-histogram" else uniform
-            # A class no labeled image has would get probability 0 forever: keep a floor (USB's 1e-6).
-            self.alignment = DistributionAlignment([t + 1e-6 for t in target], options.alignment_momentum)
+            self.alignment = DistributionAlignment(target, options.alignment_momentum)
 
     # -- override points -------------------------------------------------------------------------
 

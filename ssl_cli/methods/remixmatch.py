@@ -28,7 +28,7 @@ from ssl_cli.core.options import option
 from ssl_cli.losses.classification import cross_entropy
 from ssl_cli.losses.pseudo_labels import DistributionAlignment, probabilities, sharpen
 from ssl_cli.losses.selfsup import rotation_prediction
-from ssl_cli.methods.base import METHODS
+from ssl_cli.methods.base import METHODS, alignment_momentum_option
 from ssl_cli.methods.mixmatch import MixMatch, MixMatchOptions
 from ssl_cli.models.heads import rotation_head
 from ssl_cli.transforms.ops import check_rotatable, rotate_quarter_turns
@@ -44,8 +44,7 @@ class ReMixMatchOptions(MixMatchOptions):
                                        "before MixUp, once ramped up", low=0)
     rotation_weight: float = option(0.5, "weight λ_r of the rotation-prediction loss (0: no rotation head)",
                                     low=0)
-    alignment_momentum: float = option(0.999, "EMA momentum of the model's mean prediction (alignment)",
-                                       low=0, below=1)
+    alignment_momentum: float = alignment_momentum_option()
 
 
 @METHODS.register("remixmatch")
@@ -60,8 +59,7 @@ class ReMixMatch(MixMatch):
         super().__init__(options, data, max_steps)
         if options.rotation_weight > 0:
             check_rotatable(data.image_size, "remixmatch")
-        # A class no labeled image has would get probability 0 forever: keep a floor (USB's 1e-6).
-        self.alignment = DistributionAlignment([p + 1e-6 for p in data.class_prior], options.alignment_momentum)
+        self.alignment = DistributionAlignment(data.class_prior, options.alignment_momentum)
 
     def setup(self, model, ema):
         if self.options.rotation_weight > 0:
